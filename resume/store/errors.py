@@ -1,0 +1,24 @@
+"""The one place where database exceptions become `resume` errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from resume.errors import StoreError, StoreLocked
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Translate SQLAlchemy/driver exceptions raised inside the block into ``StoreError``."""
+    try:
+        yield
+    except OperationalError as exc:
+        message = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+        if "locked" in message or "busy" in message:
+            raise StoreLocked(f"state database is locked by another process: {message}") from exc
+        raise StoreError(f"state database error: {message}") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"state database error: {exc}") from exc

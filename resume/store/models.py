@@ -1,0 +1,83 @@
+"""SQLAlchemy models of the state store.
+
+Every schema change goes through an Alembic revision in ``migrations/``; a test runs
+``alembic check`` so these models and the migrations cannot drift apart.
+
+Timestamps are stored as naive UTC (SQLite has no time zone type); :func:`utcnow` makes them.
+Column names stay dialect-neutral so the same models run on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    """The current time as naive UTC, the form every timestamp column stores."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class TransferState(enum.StrEnum):
+    """Life of a transfer as a whole."""
+
+    PENDING = "pending"  # recorded, nothing sent yet
+    ACTIVE = "active"  # an upload run is (or was, until it crashed) sending it
+    COMPLETED = "completed"  # every chunk committed and the server verified the whole file
+    FAILED = "failed"  # stopped on a fatal error; `last_error` says why
+    CANCELLED = "cancelled"  # the user cancelled it; the server dropped the partial
+
+
+class Transfer(Base):
+    """One file being sent from this machine to one server under one remote name."""
+
+    __tablename__ = "transfers"
+
+    file_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source_path: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)  # remote name, relative to the server root
+    url: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    inode: Mapped[int] = mapped_column(BigInteger)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    checksum_algo: Mapped[str] = mapped_column(String(16))
+    checksum: Mapped[str | None] = mapped_column(String(64))  # whole file, null until known
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)  # contiguous committed bytes
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)  # last change
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index(None, "source_path", "url", "name"),)
+
+
+class Chunk(Base):
+    """One chunk of a transfer that has at least been prepared."""
+
+    __tablename__ = "chunks"
+
+    file_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("transfers.file_id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # a resume.protocol.ledger.ChunkState
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
