@@ -43,6 +43,14 @@ class TransferState(enum.StrEnum):
     CANCELLED = "cancelled"  # the user cancelled it; the server dropped the partial
 
 
+class ReceiveState(enum.StrEnum):
+    """Server side: life of a file being received."""
+
+    RECEIVING = "receiving"  # chunks arriving; data under <root>/.resume/partial/
+    COMPLETED = "completed"  # verified and renamed to its final name
+    CANCELLED = "cancelled"  # the client cancelled it; the partial is gone
+
+
 class Transfer(Base):
     """One file being sent from this machine to one server under one remote name."""
 
@@ -80,4 +88,35 @@ class Chunk(Base):
     length: Mapped[int] = mapped_column(Integer)
     checksum: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))  # a resume.protocol.ledger.ChunkState
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class ReceivedFile(Base):
+    """Server side: one file being received (or received) under ``<root>``."""
+
+    __tablename__ = "received_files"
+
+    file_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, index=True)  # relative to the root
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str | None] = mapped_column(String(64))  # whole file, known at finish
+    state: Mapped[str] = mapped_column(String(16), index=True)  # a ReceiveState
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)  # contiguous durable bytes
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)  # last chunk or change
+
+
+class ReceivedChunk(Base):
+    """Server side: one chunk written, fsynced and verified; only then is it acked."""
+
+    __tablename__ = "received_chunks"
+
+    file_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("received_files.file_id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str] = mapped_column(String(32))
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)

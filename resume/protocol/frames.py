@@ -1,0 +1,70 @@
+"""Wire encoding shared by the upload and stream protocols. Sans-I/O.
+
+Control messages are JSON objects in WebSocket text frames, each with a ``"type"`` key. Bulk
+data travels in binary frames that start with a small fixed header (never base64).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from resume.errors import ProtocolError
+
+SUBPROTOCOL = "resume.v1"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes `resume` sends (RFC 6455 section 7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down: come back later
+    PROTOCOL_ERROR = 1002  # a frame or message that breaks the protocol
+    UNSUPPORTED_DATA = 1003  # binary where text is expected, or the reverse
+    INVALID_PAYLOAD = 1007  # text that is not valid JSON / UTF-8
+    POLICY_VIOLATION = 1008  # refused: bad name, over a limit, not allowed
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # a bug or a failed disk on the server: retry later
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    """Serialize a control message to compact JSON."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(data: str | bytes) -> dict[str, Any]:
+    """Parse a control message; raise :class:`ProtocolError` with the close code to use."""
+    if not isinstance(data, str):
+        raise ProtocolError(
+            "expected a JSON text frame, got binary", close_code=CloseCode.UNSUPPORTED_DATA
+        )
+    try:
+        message = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"invalid JSON: {exc}", close_code=CloseCode.INVALID_PAYLOAD) from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError(
+            'a control message is a JSON object with a string "type"',
+            close_code=CloseCode.PROTOCOL_ERROR,
+        )
+    return message
+
+
+def field(message: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """``message[name]``, checked to be of ``kind``; raise :class:`ProtocolError` if not.
+
+    ``bool`` is never accepted where ``int`` is asked for (JSON ``true`` is not a number).
+    """
+    value = message.get(name)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise ProtocolError(
+            f"{message.get('type')!r} message: field {name!r} must be {expected}, got {value!r}",
+            close_code=CloseCode.PROTOCOL_ERROR,
+        )
+    return value
