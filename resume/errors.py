@@ -16,6 +16,7 @@ Catch at whatever level suits you::
     │       ├── Rejected                   401/403/404 at the handshake or a policy close
     │       ├── ProtocolError              the peer broke the wire protocol (1002/1003/1007/1009)
     │       ├── GapError                   a stream gap the server can no longer replay
+    │       ├── ServerError                server could not store the data (disk full, I/O)
     │       └── IntegrityError             bytes do not match what they must be
     │           ├── ChecksumMismatch       a chunk or a whole file failed verification
     │           └── SourceChanged          the local file changed since its transfer began
@@ -23,6 +24,7 @@ Catch at whatever level suits you::
     │   ├── SchemaOutOfDate                the database needs `resume db upgrade`
     │   └── StoreLocked                    another process holds the database too long
     ├── LedgerError                        an illegal chunk-state transition (a bug, never retried)
+    ├── Interrupted                        the user asked us to stop; state is saved, run again
     └── UsageError                         bad input from the user: arguments, paths, sizes
 
 Third-party exceptions (websockets, sqlite3, OSError) are translated into this tree in exactly
@@ -41,6 +43,10 @@ class ResumeError(Exception):
 
 class UsageError(ResumeError):
     """Bad input from the user: arguments, paths, sizes, URLs."""
+
+
+class Interrupted(ResumeError):
+    """The user asked us to stop (SIGINT); state is saved and the same command resumes."""
 
 
 class LedgerError(ResumeError):
@@ -133,6 +139,14 @@ class GapError(FatalError):
         super().__init__(message)
         self.first = first
         self.last = last
+
+
+class ServerError(FatalError):
+    """The server could not store the data: disk full or another I/O error on its side."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class IntegrityError(FatalError):

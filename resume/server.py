@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from resume.errors import UsageError
 from resume.protocol.frames import SUBPROTOCOL, CloseCode
 from resume.store import Store, open_store
+from resume.transfer.receiver import UploadEndpoint
 
 log = logging.getLogger("resume.server")
 
@@ -165,7 +166,18 @@ def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> Any:
 
 def build_app(config: ServerConfig) -> ResumeApp:
     """A :class:`ResumeApp` with the upload and stream endpoints mounted."""
-    return ResumeApp(config)
+    app = ResumeApp(config)
+    app.mount_exact(
+        "/upload",
+        UploadEndpoint(
+            app.store,
+            config.root,
+            max_file_size=config.max_file_size,
+            max_chunk_size=config.max_chunk_size,
+            expire=config.expire,
+        ),
+    )
+    return app
 
 
 async def run_server(

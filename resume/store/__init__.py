@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from resume.store import migrate
 from resume.store.engine import make_engine, resolve_url, sqlite_path
 from resume.store.errors import store_errors
+from resume.store.received import ReceivedRepository
 from resume.store.transfers import TransferRepository
 
 
@@ -23,6 +24,7 @@ class Store:
     url: str
     engine: Engine
     transfers: TransferRepository
+    received: ReceivedRepository
 
     def close(self) -> None:
         """Release every connection."""
@@ -52,7 +54,12 @@ def open_store(
     except BaseException:
         engine.dispose()
         raise
-    return Store(url=url, engine=engine, transfers=TransferRepository(engine))
+    return Store(
+        url=url,
+        engine=engine,
+        transfers=TransferRepository(engine),
+        received=ReceivedRepository(engine),
+    )
 
 
 def store_exists(db: str | os.PathLike[str] | None = None) -> bool:

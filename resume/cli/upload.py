@@ -1,0 +1,348 @@
+"""``resume upload``, ``resume cancel`` and ``resume gc``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from resume.cli.format import format_bytes, parse_duration, parse_size
+from resume.cli.options import add_db_option
+from resume.errors import Interrupted, ResumeError, UsageError
+from resume.store import open_store
+from resume.store.models import TransferState, utcnow
+from resume.stream.backoff import Backoff
+from resume.stream.connector import ConnectionEvent, ConnectOptions
+from resume.transfer.plan import FileJob, collect_jobs
+from resume.transfer.remote import cancel_on_server
+from resume.transfer.upload import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_WINDOW,
+    FileResult,
+    Uploader,
+    UploadOptions,
+)
+
+EXIT_INTERRUPTED = 130
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    _add_upload(subparsers)
+    _add_cancel(subparsers)
+    _add_gc(subparsers)
+
+
+def _add_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("RESUME_TOKEN"),
+        help="bearer token the server requires (default: $RESUME_TOKEN)",
+    )
+
+
+def _add_upload(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "upload",
+        help="send files to a resume server, resuming where any earlier run stopped",
+        description=(
+            "Send files (directories recursively, keeping relative paths) to `resume serve` at "
+            "URL, e.g. ws://127.0.0.1:8765. Each chunk is recorded PREPARED before it is sent "
+            "and COMMITTED when the server has made it durable; after a crash, a dropped "
+            "connection or Ctrl-C, run the same command again to continue. The server verifies "
+            "every file (xxh3-128) before it appears under its name. Exit status: 0 when every "
+            "file is verified on the server, 130 when interrupted, 2 for bad arguments, 1 for "
+            "any other failure."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to send")
+    parser.add_argument("url", metavar="URL", help="server, e.g. ws://127.0.0.1:8765")
+    add_db_option(parser)
+    parser.add_argument(
+        "--chunk-size",
+        default=format_bytes(DEFAULT_CHUNK_SIZE).replace(".0 ", ""),
+        metavar="SIZE",
+        help="bytes per chunk for new transfers, e.g. 4MiB, 512k (default 4MiB)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"chunks in flight at once (default {DEFAULT_WINDOW}); memory is about window x chunk size",
+    )
+    parser.add_argument("--name", help="remote name of a single file (default: its file name)")
+    _add_token(parser)
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: drop earlier partial transfers of these files, here and on the server",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.add_argument(
+        "--max-retry-delay",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait between reconnection attempts (default 30)",
+    )
+    parser.add_argument(
+        "--give-up-after",
+        metavar="AGE",
+        help="stop retrying after the server was unreachable this long, e.g. 10m (default: never)",
+    )
+    parser.set_defaults(run=run_upload)
+
+
+def _add_cancel(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cancel",
+        help="cancel a transfer: the server drops its partial data",
+        description=(
+            "Cancel an unfinished transfer (FILE_ID as `resume status` shows it; a unique "
+            "prefix is enough). The server deletes the partial file; the local record is kept "
+            "as cancelled until `resume gc`."
+        ),
+    )
+    parser.add_argument("file_id", metavar="FILE_ID")
+    add_db_option(parser)
+    _add_token(parser)
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="only mark it cancelled here, without reaching the server",
+    )
+    parser.set_defaults(run=run_cancel)
+
+
+def _add_gc(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "gc",
+        help="forget completed and cancelled transfers",
+        description="Delete records of completed and cancelled transfers from the state store.",
+    )
+    add_db_option(parser)
+    parser.add_argument(
+        "--older-than",
+        default="7d",
+        metavar="AGE",
+        help="only those last changed longer ago than this (default 7d; 0 = all)",
+    )
+    parser.set_defaults(run=run_gc)
+
+
+# -- upload ------------------------------------------------------------------------------------
+
+
+def options_from(args: argparse.Namespace) -> UploadOptions:
+    """Validate the command line into :class:`UploadOptions`."""
+    try:
+        chunk_size = parse_size(args.chunk_size)
+        give_up = parse_duration(args.give_up_after) if args.give_up_after else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if chunk_size < 1024 or chunk_size > 64 * 2**20:
+        raise UsageError("--chunk-size must be between 1KiB and 64MiB")
+    if not 1 <= args.window <= 1024:
+        raise UsageError("--window must be between 1 and 1024")
+    if args.max_retry_delay <= 0:
+        raise UsageError("--max-retry-delay must be positive")
+    return UploadOptions(
+        chunk_size=chunk_size,
+        window=args.window,
+        restart=args.restart,
+        connect=ConnectOptions(
+            token=args.token or None, max_size=64 * 2**20, write_limit=4 * 2**20
+        ),
+        backoff=Backoff(base=min(0.5, args.max_retry_delay), cap=args.max_retry_delay),
+        give_up_after=give_up,
+    )
+
+
+def run_upload(args: argparse.Namespace) -> int:
+    options = options_from(args)
+    jobs = collect_jobs([Path(p) for p in args.paths], name=args.name)
+    show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
+    console = Console(stderr=True)
+    started = time.monotonic()
+    results: list[FileResult] = []
+    error: ResumeError | None = None
+    with open_store(args.db) as store:
+        reporter = ProgressReporter(console, jobs, enabled=show_progress)
+        uploader = Uploader(store, args.url, options, progress=reporter)
+        try:
+            with reporter:
+                results = asyncio.run(_run_with_signals(uploader, jobs, console))
+        except ResumeError as exc:
+            error = exc
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps(summary(results, jobs, elapsed, error), indent=2), flush=True)
+    elif error is None and not show_progress:
+        sent = sum(r.bytes_sent for r in results)
+        console.print(
+            f"{len(results)} file(s) verified on the server; sent {format_bytes(sent)} "
+            f"in {elapsed:.1f}s"
+        )
+    if isinstance(error, Interrupted):
+        console.print(f"resume: {error}")
+        return EXIT_INTERRUPTED
+    if error is not None:
+        raise error
+    return 0
+
+
+async def _run_with_signals(
+    uploader: Uploader, jobs: list[FileJob], console: Console
+) -> list[FileResult]:
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def on_interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            # Safe at any instant: every chunk is PREPARED before it leaves, COMMITTED after.
+            os._exit(EXIT_INTERRUPTED)
+        console.print("stopping: waiting for chunks in flight (Ctrl-C again to quit at once)")
+        uploader.stop()
+
+    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    loop.add_signal_handler(signal.SIGTERM, on_interrupt)
+    try:
+        return await uploader.run(jobs)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def summary(
+    results: list[FileResult], jobs: list[FileJob], elapsed: float, error: ResumeError | None
+) -> dict[str, Any]:
+    """The ``--json`` output."""
+    return {
+        "ok": error is None,
+        "error": str(error) if error else None,
+        "interrupted": isinstance(error, Interrupted),
+        "elapsed_s": round(elapsed, 3),
+        "bytes_sent": sum(r.bytes_sent for r in results),
+        "files": [
+            {
+                "file_id": r.file_id,
+                "path": str(r.job.path),
+                "name": r.job.name,
+                "size": r.size,
+                "state": r.state,
+                "checksum": r.checksum,
+                "resumed_from": r.resumed_from,
+                "bytes_sent": r.bytes_sent,
+            }
+            for r in results
+        ],
+    }
+
+
+class ProgressReporter:
+    """A progress bar of committed bytes, rate and ETA on a terminal; silent otherwise."""
+
+    def __init__(self, console: Console, jobs: list[FileJob], *, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled
+        self.total = 0
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self.task = self.progress.add_task("connecting", total=None)
+        self.sizes = {job.path: 0 for job in jobs}
+
+    def __enter__(self) -> ProgressReporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def file_started(self, job: FileJob, size: int, committed: int) -> None:
+        if self.sizes.get(job.path) == 0:
+            self.sizes[job.path] = size
+            self.total += size
+            self.progress.update(self.task, total=self.total, advance=committed)
+        self.progress.update(self.task, description=job.name)
+
+    def committed(self, job: FileJob, nbytes: int) -> None:
+        self.progress.update(self.task, advance=nbytes)
+
+    def file_done(self, result: FileResult) -> None:
+        if self.enabled:
+            self.console.print(f"verified {result.job.name} ({format_bytes(result.size)})")
+
+    def connection(self, event: ConnectionEvent) -> None:
+        if event.kind == "retrying" and self.enabled:
+            self.console.print(f"[yellow]{event.error}; retrying in {event.delay:.1f}s[/]")
+
+
+# -- cancel and gc -----------------------------------------------------------------------------
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    with open_store(args.db) as store:
+        matches = store.transfers.match(args.file_id)
+        if not matches:
+            raise UsageError(f"no transfer with id {args.file_id!r} (see `resume status`)")
+        if len(matches) > 1:
+            raise UsageError(f"{args.file_id!r} matches {len(matches)} transfers; give more digits")
+        record = matches[0]
+        if record.state is TransferState.COMPLETED:
+            raise UsageError(f"transfer {record.file_id[:8]} is already completed")
+        if not args.local:
+            asyncio.run(
+                cancel_on_server(
+                    record.url, record.file_id, ConnectOptions(token=args.token or None)
+                )
+            )
+        store.transfers.update(
+            record.file_id, state=TransferState.CANCELLED, last_error="cancelled by the user"
+        )
+    where = "here" if args.local else "here and on the server"
+    print(f"cancelled {record.file_id[:8]} ({record.name}) {where}")
+    return 0
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    try:
+        age = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    cutoff = utcnow() - dt.timedelta(seconds=age)
+    with open_store(args.db) as store:
+        finished = [
+            s.transfer.file_id
+            for s in store.transfers.summaries()
+            if s.transfer.state in (TransferState.COMPLETED, TransferState.CANCELLED)
+            and s.transfer.timestamp <= cutoff
+        ]
+        removed = store.transfers.delete(finished)
+    print(f"forgot {removed} finished transfer(s)")
+    return 0
