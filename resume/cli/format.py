@@ -28,9 +28,10 @@ def parse_size(text: str) -> int:
     }  # fmt: skip
     number = cleaned.rstrip("kmgtib")
     suffix = cleaned[len(number) :]
-    if suffix not in multipliers or not number:
-        raise ValueError(f"not a size: {text!r} (try 4MiB, 512k, 1048576)")
-    value = float(number) * multipliers[suffix]
+    try:
+        value = float(number) * multipliers[suffix]
+    except (KeyError, ValueError):
+        raise ValueError(f"not a size: {text!r} (try 4MiB, 512k, 1048576)") from None
     if value != int(value) or value < 0:
         raise ValueError(f"not a whole number of bytes: {text!r}")
     return int(value)

@@ -86,6 +86,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from(args)
+    if config.root.exists() and not config.root.is_dir():
+        raise UsageError(f"--root {config.root} exists and is not a directory")
     config.root.mkdir(parents=True, exist_ok=True)
     asyncio.run(_serve(config))
     return 0

@@ -1,0 +1,123 @@
+"""Real `resume` processes for tests: a server to start, kill and restart, and CLI runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resume_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child `resume`: this checkout importable, nothing inherited."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("RESUME_TOKEN", None)
+    env.pop("RESUME_DB", None)
+    env.update(extra or {})
+    return env
+
+
+def resume_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "resume", *args]
+
+
+def run_resume(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion and capture its output."""
+    return subprocess.run(
+        resume_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=resume_env(env),
+        input=input,
+    )
+
+
+class ServeProcess:
+    """`resume serve` in a child process; restartable on the same port."""
+
+    def __init__(self, root: Path, *args: str, port: int = 0, env: dict[str, str] | None = None):
+        self.root = root
+        self.args = args
+        self.port = port
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 20) -> str:
+        """Start and wait for the 'listening on' line; returns the URL."""
+        self.proc = subprocess.Popen(
+            resume_cmd("serve", "--root", str(self.root), "--port", str(self.port), *self.args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=resume_env(self.env),
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.kill()
+            raise RuntimeError(f"server did not start: {line!r}")
+        self.url = line.split()[-1]
+        self.port = int(self.url.rsplit(":", 1)[1])  # restart on the same port
+        return self.url
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        self._signal(signal.SIGKILL)
+
+    def terminate(self) -> int | None:
+        """SIGTERM and wait: the graceful shutdown path."""
+        return self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        self.proc = None
+        return code
+
+    def __enter__(self) -> ServeProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def start_upload(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`resume upload ...` in the background (to be interrupted or killed)."""
+    return subprocess.Popen(
+        resume_cmd("upload", *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=resume_env(env),
+    )
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> tuple[int, str, str]:
+    """Signal a child, wait for it, and return (code, stdout, stderr)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
+def args_for(*parts: str | Path | int) -> Sequence[str]:
+    return [str(p) for p in parts]
