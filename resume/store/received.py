@@ -121,8 +121,14 @@ class ReceivedRepository:
             )
 
     def finish(self, file_id: str, checksum: str) -> None:
-        """Mark a file verified and in place under its final name."""
-        self._update(file_id, state=ReceiveState.COMPLETED.value, checksum=checksum)
+        """Mark a file verified and in place; its chunk rows are no longer needed."""
+        with store_errors(), self.engine.begin() as conn:
+            conn.execute(delete(ReceivedChunk).where(ReceivedChunk.file_id == file_id))
+            conn.execute(
+                update(ReceivedFile)
+                .where(ReceivedFile.file_id == file_id)
+                .values(state=ReceiveState.COMPLETED.value, checksum=checksum, timestamp=utcnow())
+            )
 
     def cancel(self, file_id: str) -> None:
         """Mark a file cancelled and forget its chunks."""
@@ -147,10 +153,3 @@ class ReceivedRepository:
         with store_errors(), self.engine.begin() as conn:
             conn.execute(delete(ReceivedChunk).where(ReceivedChunk.file_id == file_id))
             conn.execute(delete(ReceivedFile).where(ReceivedFile.file_id == file_id))
-
-    def _update(self, file_id: str, **values: object) -> None:
-        values["timestamp"] = utcnow()
-        with store_errors(), self.engine.begin() as conn:
-            conn.execute(
-                update(ReceivedFile).where(ReceivedFile.file_id == file_id).values(**values)
-            )

@@ -55,19 +55,23 @@ class Fingerprint:
         except UsageError as exc:
             raise SourceChanged(f"{os.fspath(path)} disappeared during its transfer") from exc
         if now != self:
-            what = [
-                name
-                for name, before, after in (
-                    ("size", self.size, now.size),
-                    ("modification time", self.mtime_ns, now.mtime_ns),
-                    ("inode", self.inode, now.inode),
-                )
-                if before != after
-            ]
             raise SourceChanged(
-                f"{os.fspath(path)} changed since its transfer began ({', '.join(what)} differ)"
+                f"{os.fspath(path)} changed since its transfer began ({self.differences(now)})"
                 + (f"; {restart_hint}" if restart_hint else "")
             )
+
+    def differences(self, other: Fingerprint) -> str:
+        """Which fields differ, for people: ``'size, modification time differ'``."""
+        names = [
+            name
+            for name, mine, theirs in (
+                ("size", self.size, other.size),
+                ("modification time", self.mtime_ns, other.mtime_ns),
+                ("inode", self.inode, other.inode),
+            )
+            if mine != theirs
+        ]
+        return ", ".join(names) + " differ"
 
 
 class ChunkSource:

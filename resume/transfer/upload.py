@@ -241,7 +241,7 @@ class Uploader:
         if record is not None and _fingerprint(record) != fingerprint:
             raise SourceChanged(
                 f"{job.path} changed since its transfer {record.file_id[:8]} began "
-                f"({_what_changed(_fingerprint(record), fingerprint)}); {RESTART_HINT}"
+                f"({_fingerprint(record).differences(fingerprint)}); {RESTART_HINT}"
             )
         if record is not None and record.chunk_size != self.options.chunk_size:
             log.info(
@@ -577,15 +577,3 @@ def _server_error(message: dict[str, Any]) -> ResumeError:
 def _fingerprint(record: TransferRecord) -> Fingerprint:
     return Fingerprint(size=record.size, mtime_ns=record.mtime_ns, inode=record.inode)
 
-
-def _what_changed(before: Fingerprint, after: Fingerprint) -> str:
-    changed = [
-        name
-        for name, a, b in (
-            ("size", before.size, after.size),
-            ("modification time", before.mtime_ns, after.mtime_ns),
-            ("inode", before.inode, after.inode),
-        )
-        if a != b
-    ]
-    return ", ".join(changed) + " differ"

@@ -60,6 +60,15 @@ async def upload(store: Store, url: str, paths: list[Path], **options: object) -
     return await Uploader(store, url, fast_options(**options)).run(collect_jobs(paths))
 
 
+async def interrupted_upload(store: Store, url: str, source: Path, *, after: int) -> None:
+    """Upload ``source`` but stop() it once ``after`` bytes are committed."""
+    progress = StopAfter(limit=after)
+    uploader = Uploader(store, url, fast_options(), progress=progress)
+    progress.uploader = uploader
+    with pytest.raises(Interrupted):
+        await uploader.run(collect_jobs([source]))
+
+
 async def test_upload_arrives_byte_identical_and_verified(
     server: RunningServer, client_store: Store, tmp_path: Path
 ) -> None:
@@ -108,11 +117,7 @@ async def test_interrupted_upload_resumes_from_the_breakpoint(
 ) -> None:
     """stop() mid-way saves state; the next run sends only what the server lacks."""
     source = make_file(tmp_path / "data.bin", 2_000_000)
-    progress = StopAfter(limit=500_000)
-    uploader = Uploader(client_store, server.url, fast_options(), progress=progress)
-    progress.uploader = uploader
-    with pytest.raises(Interrupted):
-        await uploader.run(collect_jobs([source]))
+    await interrupted_upload(client_store, server.url, source, after=500_000)
     assert not (server.root / "data.bin").exists()
     [summary] = client_store.transfers.summaries()
     assert summary.transfer.state is TransferState.PENDING
@@ -129,11 +134,7 @@ async def test_prepared_chunks_the_server_holds_are_not_sent_again(
 ) -> None:
     """A crash after the server's ack but before our commit record costs no resend."""
     source = make_file(tmp_path / "data.bin", 1_500_000)
-    progress = StopAfter(limit=1_000_000)
-    uploader = Uploader(client_store, server.url, fast_options(), progress=progress)
-    progress.uploader = uploader
-    with pytest.raises(Interrupted):
-        await uploader.run(collect_jobs([source]))
+    await interrupted_upload(client_store, server.url, source, after=1_000_000)
     # Simulate lost commit records: every committed chunk goes back to PREPARED.
     db = Path(client_store.url.removeprefix("sqlite:///"))
     with sqlite3.connect(db) as conn:
@@ -150,11 +151,7 @@ async def test_a_changed_source_is_refused_until_restart(
 ) -> None:
     """An edited file never mixes with its earlier chunks; --restart starts it over."""
     source = make_file(tmp_path / "data.bin", 1_000_000)
-    progress = StopAfter(limit=200_000)
-    uploader = Uploader(client_store, server.url, fast_options(), progress=progress)
-    progress.uploader = uploader
-    with pytest.raises(Interrupted):
-        await uploader.run(collect_jobs([source]))
+    await interrupted_upload(client_store, server.url, source, after=200_000)
     [old] = client_store.transfers.summaries()
     make_file(source, 1_000_000, seed=99)  # same size, new content, new mtime
     os.utime(source, ns=(time.time_ns() + 10**9,) * 2)
@@ -176,11 +173,7 @@ async def test_server_that_lost_a_partial_gets_the_whole_file_again(
     """Committed chunks the server no longer holds (expired) are re-sent, never assumed."""
     server = await start_server(expire=0.2)
     source = make_file(tmp_path / "data.bin", 1_000_000)
-    progress = StopAfter(limit=300_000)
-    uploader = Uploader(client_store, server.url, fast_options(), progress=progress)
-    progress.uploader = uploader
-    with pytest.raises(Interrupted):
-        await uploader.run(collect_jobs([source]))
+    await interrupted_upload(client_store, server.url, source, after=300_000)
     for _ in range(100):  # the expiry sweep runs every 0.5 s
         if not partial_files(server.root):
             break
@@ -238,11 +231,7 @@ async def test_cancel_drops_the_partial_on_the_server(
 ) -> None:
     """cancel_on_server removes the partial file and the server's record of its chunks."""
     source = make_file(tmp_path / "data.bin", 1_000_000)
-    progress = StopAfter(limit=200_000)
-    uploader = Uploader(client_store, server.url, fast_options(), progress=progress)
-    progress.uploader = uploader
-    with pytest.raises(Interrupted):
-        await uploader.run(collect_jobs([source]))
+    await interrupted_upload(client_store, server.url, source, after=200_000)
     [summary] = client_store.transfers.summaries()
     assert partial_files(server.root) == [f"{summary.transfer.file_id}.part"]
     await cancel_on_server(server.url, summary.transfer.file_id, ConnectOptions())
@@ -257,11 +246,7 @@ async def test_server_restart_keeps_what_it_acknowledged(
     """After the server restarts, the chunks it acked are still held and not sent again."""
     server = await start_server()
     source = make_file(tmp_path / "data.bin", 1_000_000)
-    progress = StopAfter(limit=400_000)
-    uploader = Uploader(client_store, server.url, fast_options(), progress=progress)
-    progress.uploader = uploader
-    with pytest.raises(Interrupted):
-        await uploader.run(collect_jobs([source]))
+    await interrupted_upload(client_store, server.url, source, after=400_000)
     committed = client_store.transfers.summaries()[0].chunks.committed
     await server.shutdown()
     server = await start_server(port=server.port)  # the same URL: the same transfer
