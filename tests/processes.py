@@ -49,16 +49,25 @@ class ServeProcess:
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        # stderr of every start goes to one file, so logs survive kills and restarts
+        self.log_path = root.parent / f"{root.name}-serve.log"
+
+    @property
+    def log(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        return self.log_path.read_text() if self.log_path.exists() else ""
 
     def start(self, timeout: float = 20) -> str:
         """Start and wait for the 'listening on' line; returns the URL."""
-        self.proc = subprocess.Popen(
-            resume_cmd("serve", "--root", str(self.root), "--port", str(self.port), *self.args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=resume_env(self.env),
-        )
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                resume_cmd("serve", "--root", str(self.root), "--port", str(self.port), *self.args),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=resume_env(self.env),
+            )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
@@ -86,9 +95,8 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait(timeout=5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.proc = None
         return code
 
