@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 
 from resume.cli.options import add_db_option
-from resume.store import migrate, open_store, resolve_url, store_exists
-from resume.store.engine import make_engine
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
+    from resume.store import migrate, open_store
+
     with open_store(args.db) as store:
         revision = migrate.current_revision(store.engine)
     print(f"{store.url}: at revision {revision} (head)")
@@ -38,6 +38,9 @@ def run_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_current(args: argparse.Namespace) -> int:
+    from resume.store import migrate, resolve_url, store_exists
+    from resume.store.engine import make_engine
+
     url = resolve_url(args.db)
     head = migrate.head_revision()
     if not store_exists(args.db):

@@ -8,10 +8,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from resume.cli.format import parse_duration, parse_size
 from resume.errors import UsageError
-from resume.server import ServerConfig, run_server
+
+if TYPE_CHECKING:
+    from resume.server import ServerConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
     """Validate the command line into a :class:`ServerConfig`."""
+    from resume.server import ServerConfig
+
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     try:
@@ -94,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: ServerConfig) -> None:
+    from resume.server import run_server
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

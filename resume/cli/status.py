@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from resume.cli.format import format_bytes, iso_utc, relative_time
 from resume.cli.options import add_db_option
-from resume.store import open_store, store_exists
-from resume.store.models import utcnow
-from resume.store.transfers import TransferSummary
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from resume.store.transfers import TransferSummary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from resume.store import open_store, store_exists
+
     summaries: list[TransferSummary] = []
     if store_exists(args.db):
         with open_store(args.db, readonly=True) as store:
@@ -71,6 +75,10 @@ def as_json(summary: TransferSummary) -> dict[str, object]:
 
 def as_table(summaries: list[TransferSummary]) -> Table:
     """The table people read."""
+    from rich.table import Table
+
+    from resume.store.models import utcnow
+
     table = Table(title="transfers" if summaries else "transfers (none)", title_justify="left")
     for column in (
         "file id",

@@ -11,34 +11,21 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, Any
 
 from resume.cli.format import format_bytes, parse_duration, parse_size
 from resume.cli.options import add_db_option
 from resume.errors import Interrupted, ResumeError, UsageError
-from resume.store import open_store
-from resume.store.models import TransferState, utcnow
-from resume.stream.backoff import Backoff
-from resume.stream.connector import ConnectionEvent, ConnectOptions
-from resume.transfer.plan import FileJob, collect_jobs
-from resume.transfer.remote import cancel_on_server
-from resume.transfer.upload import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_WINDOW,
-    FileResult,
-    Uploader,
-    UploadOptions,
-)
+from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from resume.transfer.plan import FileJob
+    from resume.transfer.upload import FileResult, Uploader, UploadOptions
+
+# Heavy imports (SQLAlchemy, websockets, rich) live inside the run functions, so that
+# `resume --help` and every other command start quickly.
 
 EXIT_INTERRUPTED = 130
 
@@ -152,6 +139,10 @@ def _add_gc(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace) -> UploadOptions:
     """Validate the command line into :class:`UploadOptions`."""
+    from resume.stream.backoff import Backoff
+    from resume.stream.connector import ConnectOptions
+    from resume.transfer.upload import UploadOptions
+
     try:
         chunk_size = parse_size(args.chunk_size)
         give_up = parse_duration(args.give_up_after) if args.give_up_after else None
@@ -176,6 +167,13 @@ def options_from(args: argparse.Namespace) -> UploadOptions:
 
 
 def run_upload(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from resume.cli.progress import ProgressReporter
+    from resume.store import open_store
+    from resume.transfer.plan import collect_jobs
+    from resume.transfer.upload import Uploader
+
     options = options_from(args)
     jobs = collect_jobs([Path(p) for p in args.paths], name=args.name)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
@@ -258,55 +256,15 @@ def summary(
     }
 
 
-class ProgressReporter:
-    """A progress bar of committed bytes, rate and ETA on a terminal; silent otherwise."""
-
-    def __init__(self, console: Console, jobs: list[FileJob], *, enabled: bool) -> None:
-        self.console = console
-        self.enabled = enabled
-        self.total = 0
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
-        )
-        self.task = self.progress.add_task("connecting", total=None)
-        self.sizes = {job.path: 0 for job in jobs}
-
-    def __enter__(self) -> ProgressReporter:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(None, None, None)
-
-    def file_started(self, job: FileJob, size: int, committed: int) -> None:
-        if self.sizes.get(job.path) == 0:
-            self.sizes[job.path] = size
-            self.total += size
-            self.progress.update(self.task, total=self.total, advance=committed)
-        self.progress.update(self.task, description=job.name)
-
-    def committed(self, job: FileJob, nbytes: int) -> None:
-        self.progress.update(self.task, advance=nbytes)
-
-    def file_done(self, result: FileResult) -> None:
-        if self.enabled:
-            self.console.print(f"verified {result.job.name} ({format_bytes(result.size)})")
-
-    def connection(self, event: ConnectionEvent) -> None:
-        if event.kind == "retrying" and self.enabled:
-            self.console.print(f"[yellow]{event.error}; retrying in {event.delay:.1f}s[/]")
-
-
 # -- cancel and gc -----------------------------------------------------------------------------
 
 
 def run_cancel(args: argparse.Namespace) -> int:
+    from resume.store import open_store
+    from resume.store.models import TransferState
+    from resume.stream.connector import ConnectOptions
+    from resume.transfer.remote import cancel_on_server
+
     with open_store(args.db) as store:
         matches = store.transfers.match(args.file_id)
         if not matches:
@@ -331,6 +289,9 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 
 def run_gc(args: argparse.Namespace) -> int:
+    from resume.store import open_store
+    from resume.store.models import TransferState, utcnow
+
     try:
         age = parse_duration(args.older_than)
     except ValueError as exc:

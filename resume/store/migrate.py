@@ -1,17 +1,24 @@
-"""Run the Alembic migrations from inside the application (no ini file needed)."""
+"""Run the Alembic migrations from inside the application (no ini file needed).
+
+Alembic is imported only when a database actually needs migrating: every `resume` command
+opens the store, and importing Alembic costs more than the rest of a quick command.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect, text
 
 from resume.errors import SchemaOutOfDate
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+# The newest revision in migrations/versions; a test keeps the two equal.
+HEAD_REVISION = "0002"
 
 
 def migrations_dir() -> Path:
@@ -25,6 +32,8 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic config pointing at our migrations, sharing ``connection`` if given."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
@@ -32,9 +41,16 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+def script_directory() -> ScriptDirectory:
+    """The migration scripts as Alembic sees them."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
-    """The newest revision this version of `resume` knows."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """The newest revision this version of `resume` knows, read from the scripts."""
+    head = script_directory().get_current_head()
     assert head is not None, "no migrations found"
     return head
 
@@ -42,20 +58,24 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at; None for an empty database."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine) -> str:
-    """Bring the database to head; a no-op (no write lock taken) when it is already there.
+    """Bring the database to head; a no-op (no write lock, no Alembic) when it is there.
 
     Runs inside one transaction that holds the write lock, so two processes opening a new
     database at once cannot both create the tables.
     """
-    head = head_revision()
     current = current_revision(engine)
-    if current == head:
-        return head
-    script = ScriptDirectory.from_config(alembic_config())
+    if current == HEAD_REVISION:
+        return current
+    from alembic import command
+
+    script = script_directory()
+    head = script.get_current_head()
     if current is not None and not _known(script, current):
         raise SchemaOutOfDate(
             f"database is at revision {current}, unknown to this version of resume "
@@ -63,16 +83,20 @@ def upgrade(engine: Engine) -> str:
         )
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "head")
-    return head
+    return head or HEAD_REVISION
 
 
 def check(engine: Engine) -> None:
     """Raise if the models hold changes no migration describes (``alembic check``)."""
+    from alembic import command
+
     with engine.begin() as conn:
         command.check(alembic_config(conn))
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:
+    from alembic.util import CommandError
+
     try:
         return script.get_revision(revision) is not None
     except CommandError:

@@ -57,6 +57,7 @@ from resume.store.models import TransferState
 from resume.store.transfers import TransferRecord
 from resume.stream.backoff import Backoff
 from resume.stream.connector import ConnectionEvent, ConnectOptions, Reconnector
+from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 from resume.transfer.plan import FileJob, upload_url
 from resume.transfer.source import (
     FILE_ALGO,
@@ -68,8 +69,6 @@ from resume.transfer.source import (
 
 log = logging.getLogger("resume.upload")
 
-DEFAULT_CHUNK_SIZE = 4 * 2**20
-DEFAULT_WINDOW = 8
 RESTART_HINT = "run the same command with --restart to send it again from the start"
 
 
@@ -576,4 +575,3 @@ def _server_error(message: dict[str, Any]) -> ResumeError:
 
 def _fingerprint(record: TransferRecord) -> Fingerprint:
     return Fingerprint(size=record.size, mtime_ns=record.mtime_ns, inode=record.inode)
-

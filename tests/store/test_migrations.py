@@ -97,3 +97,8 @@ def test_downgrade_to_base_and_back(db_url: str) -> None:
     assert migrate.current_revision(engine) is None
     assert migrate.upgrade(engine) == migrate.head_revision()
     engine.dispose()
+
+
+def test_head_constant_matches_the_newest_migration() -> None:
+    """The fast path that skips Alembic compares against the real newest revision."""
+    assert migrate.head_revision() == migrate.HEAD_REVISION
