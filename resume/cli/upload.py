@@ -71,7 +71,7 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
         "--window",
         type=int,
         default=DEFAULT_WINDOW,
-        help=f"chunks in flight at once (default {DEFAULT_WINDOW}); memory is about window x chunk size",
+        help=f"chunks in flight at once (default {DEFAULT_WINDOW}); sent chunks are not kept in memory",
     )
     parser.add_argument("--name", help="remote name of a single file (default: its file name)")
     _add_token(parser)

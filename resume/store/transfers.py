@@ -184,6 +184,48 @@ class TransferRepository:
                 .values(offset=ledger.committed_offset, timestamp=now)
             )
 
+    def prepare_chunks(self, file_id: str, ledger: Ledger, prepared: Sequence[ChunkRecord]) -> None:
+        """Phase one for newly prepared chunks (pending chunks have no row): one INSERT."""
+        if not prepared:
+            return
+        now = utcnow()
+        rows = []
+        for c in prepared:
+            spec = ledger.spec(c.index)
+            rows.append(
+                {
+                    "file_id": file_id,
+                    "chunk_index": c.index,
+                    "offset": spec.offset,
+                    "length": spec.length,
+                    "checksum": c.checksum,
+                    "state": ChunkState.PREPARED.value,
+                    "timestamp": now,
+                }
+            )
+        with store_errors(), self.engine.begin() as conn:
+            conn.execute(CHUNKS.insert(), rows)
+
+    def commit_chunks(self, file_id: str, ledger: Ledger, committed: Sequence[ChunkRecord]) -> None:
+        """Phase two for acknowledged chunks, and the new committed offset, atomically."""
+        if not committed:
+            return
+        now = utcnow()
+        with store_errors(), self.engine.begin() as conn:
+            conn.execute(
+                update(Chunk)
+                .where(
+                    Chunk.file_id == file_id,
+                    Chunk.chunk_index.in_([c.index for c in committed]),
+                )
+                .values(state=ChunkState.COMMITTED.value, timestamp=now)
+            )
+            conn.execute(
+                update(Transfer)
+                .where(Transfer.file_id == file_id)
+                .values(offset=ledger.committed_offset, timestamp=now)
+            )
+
     def reset_chunks(self, file_id: str) -> None:
         """Forget every chunk of a transfer (the peer lost them or the user restarts)."""
         with store_errors(), self.engine.begin() as conn:

@@ -69,6 +69,7 @@ from resume.transfer.source import (
 
 log = logging.getLogger("resume.upload")
 
+PREPARE_BATCH = 4  # chunks read and prepared per transaction: fewer commits, bounded memory
 RESTART_HINT = "run the same command with --restart to send it again from the start"
 
 
@@ -359,7 +360,7 @@ class Uploader:
                     changes.append(ledger.commit(index, checksum))
                     committed += ledger.spec(index).length
                 in_flight.discard(index)
-            self.repo.save_chunks(state.record.file_id, ledger, changes)
+            self.repo.commit_chunks(state.record.file_id, ledger, changes)
             self.progress.committed(state.job, committed)
 
         def on_nack(index: int) -> None:
@@ -381,35 +382,44 @@ class Uploader:
                     if self._stopping.is_set():
                         await self._drain(link, in_flight)
                         raise Interrupted("interrupted; resume with the same command")
-                    if queue and len(in_flight) < options.window:
-                        index = queue.popleft()
-                        if ledger.state(index) is not ChunkState.PENDING:
-                            continue
-                        await self._send_chunk(link, state, source, index)
-                        in_flight.add(index)
+                    room = options.window - len(in_flight)
+                    if queue and room > 0:
+                        batch = []
+                        while queue and len(batch) < min(room, PREPARE_BATCH):
+                            index = queue.popleft()
+                            if ledger.state(index) is ChunkState.PENDING:
+                                batch.append(index)
+                        await self._send_batch(link, state, source, batch)
+                        in_flight.update(batch)
                     else:
                         await link.wait_progress(options.ack_timeout)
         finally:
             link.unwatch(state.record.file_id)
 
-    async def _send_chunk(
-        self, link: _Link, state: _FileState, source: ChunkSource, index: int
+    async def _send_batch(
+        self, link: _Link, state: _FileState, source: ChunkSource, indexes: list[int]
     ) -> None:
-        spec = state.ledger.spec(index)
-        buffer = await source.read(spec, prefix=HEADER_SIZE)
-        payload = memoryview(buffer)[HEADER_SIZE:]
-        checksum = chunk_checksum(payload)
-        if index == state.hashed:
-            state.hasher.update(payload)
-            state.hashed += 1
-        ChunkHeader(state.record.file_id, index, spec.offset, checksum).pack(into=buffer)
-        # Phase one: durable before a single byte of the chunk leaves this machine.
-        self.repo.save_chunks(
-            state.record.file_id, state.ledger, [state.ledger.prepare(index, checksum)]
-        )
-        link.check()
-        await link.ws.send(buffer)
-        state.result.bytes_sent += spec.length
+        """Read a few chunks, record them PREPARED in one transaction, then send them."""
+        ledger = state.ledger
+        frames_out: list[tuple[bytearray, int]] = []
+        prepared: list[ChunkRecord] = []
+        for index in indexes:
+            spec = ledger.spec(index)
+            buffer = await source.read(spec, prefix=HEADER_SIZE)
+            payload = memoryview(buffer)[HEADER_SIZE:]
+            checksum = chunk_checksum(payload)
+            if index == state.hashed:  # feed the whole-file hash while reading in order
+                state.hasher.update(payload)
+                state.hashed += 1
+            ChunkHeader(state.record.file_id, index, spec.offset, checksum).pack(into=buffer)
+            prepared.append(ledger.prepare(index, checksum))
+            frames_out.append((buffer, spec.length))
+        # Phase one: durable before a single byte of these chunks leaves this machine.
+        self.repo.prepare_chunks(state.record.file_id, ledger, prepared)
+        for buffer, length in frames_out:
+            link.check()
+            await link.ws.send(buffer)
+            state.result.bytes_sent += length
 
     async def _drain(self, link: _Link, in_flight: set[int]) -> None:
         deadline = time.monotonic() + self.options.drain_timeout
