@@ -252,7 +252,7 @@ def main() -> None:
         "--runs", type=int, default=3, help="runs per measurement (median reported)"
     )
     parser.add_argument("--chunk-size", default="4MiB")
-    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--window", type=int, default=16, help="resume's default is 16")
     parser.add_argument("--tus-chunk-size", default="8MiB")
     parser.add_argument("--skip-tus", action="store_true")
     parser.add_argument("--json", action="store_true", help="print results as JSON")

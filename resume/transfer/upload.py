@@ -389,15 +389,19 @@ class Uploader:
                             index = queue.popleft()
                             if ledger.state(index) is ChunkState.PENDING:
                                 batch.append(index)
-                        await self._send_batch(link, state, source, batch)
-                        in_flight.update(batch)
+                        await self._send_batch(link, state, source, batch, in_flight)
                     else:
                         await link.wait_progress(options.ack_timeout)
         finally:
             link.unwatch(state.record.file_id)
 
     async def _send_batch(
-        self, link: _Link, state: _FileState, source: ChunkSource, indexes: list[int]
+        self,
+        link: _Link,
+        state: _FileState,
+        source: ChunkSource,
+        indexes: list[int],
+        in_flight: set[int],
     ) -> None:
         """Read a few chunks, record them PREPARED in one transaction, then send them."""
         ledger = state.ledger
@@ -416,6 +420,8 @@ class Uploader:
             frames_out.append((buffer, spec.length))
         # Phase one: durable before a single byte of these chunks leaves this machine.
         self.repo.prepare_chunks(state.record.file_id, ledger, prepared)
+        # In flight from now on: the ack of the first may arrive while the last is being sent.
+        in_flight.update(indexes)
         for buffer, length in frames_out:
             link.check()
             await link.ws.send(buffer)

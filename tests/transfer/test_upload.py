@@ -83,6 +83,31 @@ async def test_upload_arrives_byte_identical_and_verified(
     assert record.state is TransferState.COMPLETED and record.offset == record.size
 
 
+class Recording(StopAfter):
+    """Records connection events instead of stopping."""
+
+    def __init__(self) -> None:
+        super().__init__(limit=2**62)
+        self.events: list[object] = []
+
+    def connection(self, event: object) -> None:
+        self.events.append(event)
+
+
+async def test_a_clean_upload_never_waits_for_an_ack_timeout(
+    server: RunningServer, client_store: Store, tmp_path: Path
+) -> None:
+    """Acks racing the sends of later chunks are never lost: no timeout, no reconnect."""
+    source = make_file(tmp_path / "data.bin", 128 * 2**20)
+    progress = Recording()
+    # Sends of 4 MiB fill the write buffer, so acks are processed while a batch goes out.
+    options = fast_options(chunk_size=4 * 2**20, window=16, ack_timeout=3.0)
+    uploader = Uploader(client_store, server.url, options, progress=progress)
+    [result] = await uploader.run(collect_jobs([source]))
+    assert [getattr(e, "kind", None) for e in progress.events] == ["connected"]
+    assert result.bytes_sent == source.stat().st_size
+
+
 async def test_directories_keep_relative_paths_and_empty_files_work(
     server: RunningServer, client_store: Store, tmp_path: Path
 ) -> None:
