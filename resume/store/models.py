@@ -120,3 +120,82 @@ class ReceivedChunk(Base):
     length: Mapped[int] = mapped_column(Integer)
     checksum: Mapped[str] = mapped_column(String(32))
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+# -- streams ------------------------------------------------------------------------------------
+# Server side: the durable log of every channel, and what each producer has already stored.
+
+
+class StreamChannel(Base):
+    """Server side: one channel's head and the first seq still retained."""
+
+    __tablename__ = "stream_channels"
+
+    channel: Mapped[str] = mapped_column(String(128), primary_key=True)
+    first_seq: Mapped[int] = mapped_column(BigInteger)  # oldest retained (last_seq + 1 if empty)
+    last_seq: Mapped[int] = mapped_column(BigInteger)  # newest ever assigned; never reused
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class StreamMessage(Base):
+    """Server side: one published message with its server seq."""
+
+    __tablename__ = "stream_messages"
+
+    channel: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    producer: Mapped[str] = mapped_column(String(64))
+    producer_seq: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[str] = mapped_column(Text)  # the message as JSON
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index(None, "channel", "timestamp"),)
+
+
+class StreamProducer(Base):
+    """Server side: the highest client seq stored per (channel, client id), for dedup."""
+
+    __tablename__ = "stream_producers"
+
+    channel: Mapped[str] = mapped_column(String(128), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+# Client side (durable mode): the outbox, the seq counter, and each consumer's cursor.
+
+
+class OutboxMessage(Base):
+    """Client side: a message send() accepted and the server has not acknowledged yet."""
+
+    __tablename__ = "stream_outbox"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(512), primary_key=True)  # the channel URL
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class OutboxSequence(Base):
+    """Client side: the last seq given out, so seqs are never reused after a restart."""
+
+    __tablename__ = "stream_sequences"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(512), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    acked_seq: Mapped[int] = mapped_column(BigInteger)  # highest seq the server confirmed
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class ConsumerCursor(Base):
+    """Client side: the last server seq a named consumer has taken from a channel."""
+
+    __tablename__ = "stream_cursors"
+
+    consumer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(512), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
