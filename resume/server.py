@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from resume.errors import UsageError
 from resume.protocol.frames import SUBPROTOCOL, CloseCode
 from resume.store import Store, open_store
+from resume.stream.endpoint import StreamEndpoint
 from resume.transfer.receiver import UploadEndpoint
 
 log = logging.getLogger("resume.server")
@@ -175,6 +176,15 @@ def build_app(config: ServerConfig) -> ResumeApp:
             max_file_size=config.max_file_size,
             max_chunk_size=config.max_chunk_size,
             expire=config.expire,
+        ),
+    )
+    app.mount_prefix(
+        "streams",
+        StreamEndpoint(
+            app.store,
+            max_message_size=config.stream_max_message,
+            retention_count=config.retention_count,
+            retention_age=config.retention_age,
         ),
     )
     return app

@@ -14,6 +14,7 @@ from resume.store import migrate
 from resume.store.engine import make_engine, resolve_url, sqlite_path
 from resume.store.errors import store_errors
 from resume.store.received import ReceivedRepository
+from resume.store.streams import StreamClientRepository, StreamLogRepository
 from resume.store.transfers import TransferRepository
 
 
@@ -25,6 +26,8 @@ class Store:
     engine: Engine
     transfers: TransferRepository
     received: ReceivedRepository
+    streams: StreamLogRepository
+    stream_client: StreamClientRepository
 
     def close(self) -> None:
         """Release every connection."""
@@ -59,6 +62,8 @@ def open_store(
         engine=engine,
         transfers=TransferRepository(engine),
         received=ReceivedRepository(engine),
+        streams=StreamLogRepository(engine),
+        stream_client=StreamClientRepository(engine),
     )
 
 

@@ -1,0 +1,542 @@
+"""The reconnecting stream client that applications embed.
+
+::
+
+    async with StreamClient("ws://127.0.0.1:8765/streams/orders", consumer="billing") as client:
+        await client.send({"order": 42})          # buffered, numbered, replayed until acked
+        async for message in client:              # each message once, in order
+            handle(message.data)                  # taken when you ask for the next one
+
+The client keeps one WebSocket session alive across drops with the shared reconnect loop
+(:class:`resume.stream.connector.Reconnector`: exponential backoff with full jitter, a reset
+only after a connection stayed up, heartbeats, fatal errors raised at once). The seq/ack/replay
+logic is the sans-I/O :class:`resume.protocol.session.ClientSession`; this module only moves
+frames, time and the durable state through it.
+
+Durable mode (``store=`` and a stable ``client_id``): ``send()`` returns once the message is in
+the local outbox, and a restarted process resends what the server never confirmed; with a
+``consumer`` name the position is saved each time the application takes a message, so a
+restarted consumer continues after the last message it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from websockets.asyncio.client import ClientConnection
+
+from resume.errors import (
+    AckTimeout,
+    ConnectionLost,
+    GapError,
+    HandshakeTimeout,
+    ProtocolError,
+    ResumeError,
+    UsageError,
+)
+from resume.protocol import frames
+from resume.protocol.session import ClientSession, Gap, Message, Start
+from resume.store import Store
+from resume.stream.backoff import Backoff
+from resume.stream.connector import (
+    ConnectionEvent,
+    ConnectOptions,
+    HeadersFactory,
+    Reconnector,
+    UrlFactory,
+)
+
+log = logging.getLogger("resume.stream")
+
+MAX_MESSAGE_BYTES = 1_000_000  # one encoded message; the server's default frame limit is 1 MiB
+
+
+class BufferFull(ResumeError):
+    """``send()`` found the outbound buffer full and the client was told not to wait."""
+
+
+class ClientClosed(ResumeError):
+    """The client was closed; it takes no more messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """Something the client did: for callbacks, logs and tests.
+
+    ``kind`` is one of ``connected``, ``disconnected``, ``retrying``, ``gave_up`` (from the
+    reconnect loop), ``replay`` (``count`` unacknowledged messages are sent again after a
+    reconnect) or ``gap`` (``gap`` was trimmed on the server: not recovered).
+    """
+
+    kind: Literal["connected", "disconnected", "retrying", "gave_up", "replay", "gap"]
+    attempt: int = 0
+    error: ResumeError | None = None
+    delay: float | None = None
+    count: int = 0
+    gap: Gap | None = None
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counters of one client."""
+
+    connects: int = 0
+    reconnects: int = 0
+    sent: int = 0  # messages send() accepted
+    acked: int = 0  # of those, confirmed stored by the server
+    replayed: int = 0  # messages written again after a reconnect
+    received: int = 0  # messages handed to the application
+    duplicates: int = 0  # messages received again and dropped by seq
+    gaps: int = 0  # ranges reported as not recovered
+    buffered: int = 0  # accepted, not yet confirmed (right now)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """Tuning of a :class:`StreamClient`; the defaults suit most applications."""
+
+    connect: ConnectOptions = field(default_factory=lambda: ConnectOptions(max_size=4 * 2**20))
+    backoff: Backoff = field(default_factory=Backoff)
+    max_buffered: int = 10_000  # outbound messages held until acked; then send() waits/raises
+    overflow: Literal["wait", "raise"] = "wait"
+    handshake_timeout: float = 10.0  # hello sent, no welcome: reconnect
+    ack_timeout: float = 30.0  # data sent, no ack for this long: reconnect
+    close_timeout: float = 10.0  # how long close() waits for in-flight acks
+    max_attempts: int | None = None  # consecutive failures before giving up (None: forever)
+    give_up_after: float | None = None  # seconds of consecutive failure before giving up
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_buffered < 1:
+            raise UsageError("max_buffered must be at least 1")
+        if self.overflow not in ("wait", "raise"):
+            raise UsageError("overflow must be 'wait' or 'raise'")
+
+
+_END = object()  # queued after the last message: the client closed or failed
+
+
+class StreamClient:
+    """A reconnecting, replaying client for one channel (``ws://host:port/streams/NAME``).
+
+    ``key`` names this stream's durable state (default: the URL). ``client_id`` names this producer to the server (dedup of replays); give a stable one for
+    durable mode, else a random one is made. ``consumer`` names the position kept in ``store``.
+    ``start`` is where a consumer without a stored position begins: ``"end"`` (only new
+    messages) or ``"start"`` (the oldest the server still keeps). ``subscribe=False`` makes a
+    producer that receives nothing. ``on_gap``: called for ranges the server trimmed before we
+    took them; without it the iterator raises :class:`resume.errors.GapError` once per gap (you
+    may catch it and go on iterating).
+    """
+
+    def __init__(
+        self,
+        url: str | UrlFactory,
+        *,
+        client_id: str | None = None,
+        consumer: str | None = None,
+        subscribe: bool = True,
+        start: Literal["start", "end"] = "end",
+        store: Store | None = None,
+        key: str | None = None,
+        token: str | None = None,
+        headers: HeadersFactory | None = None,
+        options: StreamOptions | None = None,
+        on_event: Callable[[StreamEvent], None] | None = None,
+        on_gap: Callable[[Gap], None] | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.options = options or StreamOptions()
+        if store is not None and client_id is None:
+            raise UsageError("durable mode (store=...) needs a stable client_id")
+        if store is not None and subscribe and consumer is None:
+            raise UsageError("durable mode with subscribe=True needs a consumer name")
+        if start not in ("start", "end"):
+            raise UsageError(f"start must be 'start' or 'end', got {start!r}")
+        self.url = url
+        if key is None and not isinstance(url, str):
+            raise UsageError("with a URL factory, give key= (the name of this stream's state)")
+        self.key = key if key is not None else str(url)
+        self.client_id = client_id or uuid.uuid4().hex[:16]
+        self.consumer = consumer
+        self.subscribe = subscribe
+        self.start_at = Start(start)
+        self.store = store
+        self.on_event = on_event
+        self.on_gap = on_gap
+        self.stats = StreamStats()
+        connect = self.options.connect
+        if token is not None:
+            connect = dataclasses.replace(connect, token=token)
+        self._reconnector = Reconnector(
+            url,
+            options=connect,
+            backoff=self.options.backoff,
+            headers=headers,
+            max_attempts=self.options.max_attempts,
+            give_up_after=self.options.give_up_after,
+            on_event=self._connection_event,
+            sleep=sleep,
+        )
+        self.session: ClientSession | None = None
+        self._inbound: asyncio.Queue[Any] = asyncio.Queue()
+        self._held: Message | None = None
+        self._wake = asyncio.Event()  # something to write
+        self._space = asyncio.Condition()  # the outbound buffer shrank
+        self._send_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._closing = False
+        self._waiting_since: float | None = None  # unacked data written, no ack since
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> StreamClient:
+        """Load the durable state (if any) and start connecting in the background."""
+        if self._task is not None:
+            return self
+        pending: list[tuple[int, Any]] = []
+        last_seq = acked = 0
+        after: int | Start = self.start_at
+        if self.store is not None:
+            repo = self.store.stream_client
+            outbox = await asyncio.to_thread(repo.load_outbox, self.client_id, self.key)
+            pending, last_seq, acked = outbox.pending, outbox.last_seq, outbox.acked
+            if self.consumer is not None:
+                cursor = await asyncio.to_thread(repo.cursor, self.consumer, self.key)
+                after = self.start_at if cursor is None else cursor
+        self.session = ClientSession(
+            self.client_id,
+            after=after,
+            pending=pending,
+            last_seq=last_seq,
+            acked=acked,
+            max_batch_bytes=min(512 * 1024, self.options.max_message_bytes),
+        )
+        self.stats.buffered = self.session.unacked
+        self._task = asyncio.create_task(self._run(), name=f"resume-stream {self.key}")
+        return self
+
+    async def __aenter__(self) -> StreamClient:
+        return await self.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        await self.close(take_held=exc_type is None)
+
+    async def close(self, *, take_held: bool = True, timeout: float | None = None) -> int:
+        """Stop taking messages, wait (bounded) for in-flight acks, close with 1000.
+
+        ``take_held``: count the message the iterator last returned as taken. Returns how
+        many sent messages the server has not confirmed (0 is a clean close; in durable mode
+        they stay in the outbox for the next run).
+        """
+        if self._task is None:
+            return 0
+        self._closing = True
+        if take_held and self._held is not None and self._error is None:
+            await self._take(self._held)
+        self._held = None
+        self._wake.set()
+        session = self.session
+        assert session is not None
+        if session.unacked == 0 and not self._connected():
+            self._task.cancel()
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self._task), timeout or self.options.close_timeout
+            )
+        except (TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        except ResumeError:
+            pass  # already recorded in self._error
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._inbound.put_nowait(_END)
+        unconfirmed = session.unacked
+        if unconfirmed:
+            log.warning("closed with %d message(s) not confirmed by the server", unconfirmed)
+        return unconfirmed
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def send(self, data: Any) -> int:
+        """Queue one JSON-serializable message; returns its client seq.
+
+        Returns once the message is buffered (durable mode: once it is in the local store).
+        Waits while the buffer is full (or raises :class:`BufferFull` with
+        ``overflow="raise"``); raises the client's fatal error if it has one.
+        """
+        [seq] = await self.send_many([data])
+        return seq
+
+    async def send_many(self, items: Iterable[Any]) -> list[int]:
+        """Queue several messages at once (one store commit in durable mode)."""
+        texts = [self._encode(item) for item in items]
+        session = self._usable_session()
+        if self._closing:
+            raise ClientClosed("the client is closing; it takes no more messages")
+        async with self._send_lock:
+            await self._wait_for_room(len(texts))
+            first = session.last_seq + 1
+            seqs = list(range(first, first + len(texts)))
+            if self.store is not None:
+                await asyncio.to_thread(
+                    self.store.stream_client.add,
+                    self.client_id,
+                    self.key,
+                    list(zip(seqs, texts, strict=True)),
+                )
+            for text in texts:
+                session.send(text, len(text))
+        self.stats.sent += len(texts)
+        self.stats.buffered = session.unacked
+        self._wake.set()
+        return seqs
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the server confirmed every message sent so far."""
+        session = self._usable_session()
+        async with self._space:
+            await asyncio.wait_for(
+                self._space.wait_for(lambda: session.unacked == 0 or self._error is not None),
+                timeout,
+            )
+        self._raise_if_failed()
+
+    def _encode(self, data: Any) -> str:
+        try:
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"message is not JSON-serializable: {exc}") from exc
+        if len(text.encode()) > self.options.max_message_bytes:
+            raise UsageError(
+                f"message of {len(text.encode())} bytes is larger than the limit of "
+                f"{self.options.max_message_bytes}"
+            )
+        return text
+
+    async def _wait_for_room(self, count: int) -> None:
+        session = self._usable_session()
+        limit = self.options.max_buffered
+        if session.unacked + count <= limit or session.unacked == 0:
+            return
+        if self.options.overflow == "raise":
+            raise BufferFull(
+                f"{session.unacked} messages are waiting for the server (limit {limit})"
+            )
+        async with self._space:
+            await self._space.wait_for(
+                lambda: (
+                    session.unacked + count <= limit
+                    or session.unacked == 0
+                    or self._error is not None
+                )
+            )
+        self._raise_if_failed()
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def __aiter__(self) -> StreamClient:
+        return self
+
+    async def __anext__(self) -> Message:
+        """The next message; asking for it counts the previous one as taken."""
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def receive(self) -> Message | None:
+        """The next message, or None once the client is closed (raises its fatal error)."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            await self._take(held)
+        while True:
+            item = await self._inbound.get()
+            if item is _END:
+                self._inbound.put_nowait(_END)  # every later call ends too
+                self._raise_if_failed()
+                return None
+            if isinstance(item, Gap):
+                if self.on_gap is not None:
+                    self.on_gap(item)
+                    continue
+                raise GapError(
+                    f"messages {item.first}..{item.last} were trimmed on the server before "
+                    "this consumer took them: not recovered",
+                    first=item.first,
+                    last=item.last,
+                )
+            self._held = item
+            self.stats.received += 1
+            return item
+
+    async def commit(self) -> None:
+        """Count the message last returned as taken now (it otherwise is at the next one)."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            await self._take(held)
+
+    async def _take(self, message: Message) -> None:
+        session = self.session
+        assert session is not None
+        if self.store is not None and self.consumer is not None:
+            await asyncio.to_thread(
+                self.store.stream_client.set_cursor, self.consumer, self.key, message.seq
+            )
+        session.take(message.seq)
+        self._wake.set()
+
+    # -- the connection --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._reconnector.run(self._connection)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self._error = exc
+            raise
+        finally:
+            self._inbound.put_nowait(_END)
+            async with self._space:
+                self._space.notify_all()
+
+    async def _connection(self, ws: ClientConnection) -> None:
+        session = self.session
+        assert session is not None
+        try:
+            hello = session.connected()
+            hello["subscribe"] = self.subscribe
+            await ws.send(frames.encode(hello))
+            try:
+                raw = await asyncio.wait_for(ws.recv(), self.options.handshake_timeout)
+            except TimeoutError:
+                raise HandshakeTimeout("the server did not answer hello") from None
+            result = session.receive(frames.decode(raw))
+            if not result.welcomed:
+                raise ProtocolError("expected welcome", close_code=frames.CloseCode.PROTOCOL_ERROR)
+            resend = session.unacked
+            await self._apply(result)
+            if resend and self.stats.connects > 1:
+                self.stats.replayed += resend
+                self._emit(StreamEvent("replay", count=resend))
+            self._waiting_since = None
+            reader = asyncio.create_task(self._read(ws))
+            writer = asyncio.create_task(self._write(ws))
+            try:
+                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                await asyncio.gather(reader, writer, return_exceptions=True)
+        finally:
+            session.disconnected()
+
+    async def _read(self, ws: ClientConnection) -> None:
+        session = self.session
+        assert session is not None
+        async for raw in ws:
+            await self._apply(session.receive(frames.decode(raw)))
+        # websockets ends the iteration quietly on a 1000/1001 close: for us that is a drop
+        code = ws.close_code
+        raise ConnectionLost(f"server closed the connection ({code})", close_code=code)
+
+    async def _apply(self, result: Any) -> None:
+        session = self.session
+        assert session is not None
+        if result.newly_acked:
+            if self.store is not None:
+                await asyncio.to_thread(
+                    self.store.stream_client.confirm, self.client_id, self.key, session.acked
+                )
+            self.stats.acked += result.newly_acked
+            self.stats.buffered = session.unacked
+            self._waiting_since = time.monotonic() if session.unacked else None
+            async with self._space:
+                self._space.notify_all()
+        self.stats.duplicates += result.duplicates
+        for event in result.events:
+            if isinstance(event, Gap):
+                self.stats.gaps += 1
+                log.warning(
+                    "stream %s: seqs %d..%d not recovered", self.key, event.first, event.last
+                )
+                self._emit(StreamEvent("gap", gap=event))
+            self._inbound.put_nowait(event)
+
+    async def _write(self, ws: ClientConnection) -> None:
+        session = self.session
+        assert session is not None
+        timeout = self.options.ack_timeout
+        while True:
+            self._wake.clear()
+            out = session.outgoing()
+            for frame in out:
+                await ws.send(_pub_frame(frame))
+            if out and self._waiting_since is None:
+                self._waiting_since = time.monotonic()
+            ack = session.ack_frame()
+            if ack is not None:
+                await ws.send(frames.encode(ack))
+            if self._closing and session.unacked == 0:
+                return
+            if self._waiting_since is not None:
+                waited = time.monotonic() - self._waiting_since
+                if waited > timeout:
+                    raise AckTimeout(f"no acknowledgement from the server for {waited:.0f}s")
+                budget = timeout - waited + 0.01
+            else:
+                budget = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), budget)
+
+    def _connected(self) -> bool:
+        return self.session is not None and self.session.state.value in ("open", "handshaking")
+
+    # -- errors and events -----------------------------------------------------------------------
+
+    def _usable_session(self) -> ClientSession:
+        self._raise_if_failed()
+        if self.session is None:
+            raise UsageError("start the client first (await client.start() or async with)")
+        return self.session
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _connection_event(self, event: ConnectionEvent) -> None:
+        if event.kind == "connected":
+            self.stats.connects += 1
+            if self.stats.connects > 1:
+                self.stats.reconnects += 1
+        self._emit(StreamEvent(event.kind, event.attempt, event.error, event.delay))
+
+    def _emit(self, event: StreamEvent) -> None:
+        log.debug("stream %s: %s", self.key, event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def _pub_frame(frame: Mapping[str, Any]) -> str:
+    # Messages were encoded once by send(): splice the JSON texts in.
+    return f'{{"type":"pub","seq":{frame["seq"]},"data":[{",".join(frame["data"])}]}}'
+
+
+__all__ = [
+    "BufferFull",
+    "ClientClosed",
+    "StreamClient",
+    "StreamEvent",
+    "StreamOptions",
+    "StreamStats",
+]
