@@ -8,14 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from resume import __version__
-from resume.cli import db, serve, status, upload
+from resume.cli import db, serve, status, stream, upload
 from resume.errors import ResumeError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-COMMANDS = (upload, serve, status, db)
+COMMANDS = (upload, serve, status, stream, db)
 
 
 def build_parser() -> argparse.ArgumentParser:

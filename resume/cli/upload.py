@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resume.cli.format import format_bytes, parse_duration, parse_size
-from resume.cli.options import add_db_option
+from resume.cli.options import add_db_option, add_token_option
 from resume.errors import Interrupted, ResumeError, UsageError
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 
@@ -34,14 +34,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_upload(subparsers)
     _add_cancel(subparsers)
     _add_gc(subparsers)
-
-
-def _add_token(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("RESUME_TOKEN"),
-        help="bearer token the server requires (default: $RESUME_TOKEN)",
-    )
 
 
 def _add_upload(subparsers: argparse._SubParsersAction) -> None:
@@ -74,7 +66,7 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
         help=f"chunks in flight at once (default {DEFAULT_WINDOW}); sent chunks are not kept in memory",
     )
     parser.add_argument("--name", help="remote name of a single file (default: its file name)")
-    _add_token(parser)
+    add_token_option(parser)
     parser.add_argument(
         "--restart",
         action="store_true",
@@ -109,7 +101,7 @@ def _add_cancel(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("file_id", metavar="FILE_ID")
     add_db_option(parser)
-    _add_token(parser)
+    add_token_option(parser)
     parser.add_argument(
         "--local",
         action="store_true",

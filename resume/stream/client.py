@@ -155,16 +155,18 @@ class StreamClient:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.options = options or StreamOptions()
-        if store is not None and client_id is None:
-            raise UsageError("durable mode (store=...) needs a stable client_id")
-        if store is not None and subscribe and consumer is None:
-            raise UsageError("durable mode with subscribe=True needs a consumer name")
+        if store is not None and client_id is None and consumer is None:
+            raise UsageError(
+                "durable mode (store=...) needs a client_id (for sends) or a consumer (for "
+                "the position)"
+            )
         if start not in ("start", "end"):
             raise UsageError(f"start must be 'start' or 'end', got {start!r}")
         self.url = url
         if key is None and not isinstance(url, str):
             raise UsageError("with a URL factory, give key= (the name of this stream's state)")
         self.key = key if key is not None else str(url)
+        self._random_id = client_id is None
         self.client_id = client_id or uuid.uuid4().hex[:16]
         self.consumer = consumer
         self.subscribe = subscribe
@@ -208,8 +210,9 @@ class StreamClient:
         after: int | Start = self.start_at
         if self.store is not None:
             repo = self.store.stream_client
-            outbox = await asyncio.to_thread(repo.load_outbox, self.client_id, self.key)
-            pending, last_seq, acked = outbox.pending, outbox.last_seq, outbox.acked
+            if not self._random_id:
+                outbox = await asyncio.to_thread(repo.load_outbox, self.client_id, self.key)
+                pending, last_seq, acked = outbox.pending, outbox.last_seq, outbox.acked
             if self.consumer is not None:
                 cursor = await asyncio.to_thread(repo.cursor, self.consumer, self.key)
                 after = self.start_at if cursor is None else cursor
@@ -264,6 +267,18 @@ class StreamClient:
             log.warning("closed with %d message(s) not confirmed by the server", unconfirmed)
         return unconfirmed
 
+    async def wait(self) -> None:
+        """Return when the client stops: raises its fatal error, returns after close()."""
+        if self._task is None:
+            raise UsageError("start the client first (await client.start() or async with)")
+        await asyncio.wait([self._task])  # not gather: cancelling us must not cancel it
+        self._raise_if_failed()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The fatal error that stopped the client, if any."""
+        return self._error
+
     # -- sending ---------------------------------------------------------------------------------
 
     async def send(self, data: Any) -> int:
@@ -280,6 +295,8 @@ class StreamClient:
         """Queue several messages at once (one store commit in durable mode)."""
         texts = [self._encode(item) for item in items]
         session = self._usable_session()
+        if self.store is not None and self._random_id:
+            raise UsageError("durable sends need a stable client_id; this client has none")
         if self._closing:
             raise ClientClosed("the client is closing; it takes no more messages")
         async with self._send_lock:
@@ -454,7 +471,7 @@ class StreamClient:
         session = self.session
         assert session is not None
         if result.newly_acked:
-            if self.store is not None:
+            if self.store is not None and not self._random_id:
                 await asyncio.to_thread(
                     self.store.stream_client.confirm, self.client_id, self.key, session.acked
                 )
