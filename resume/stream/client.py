@@ -187,6 +187,7 @@ class StreamClient:
             give_up_after=self.options.give_up_after,
             on_event=self._connection_event,
             sleep=sleep,
+            app_handshake=True,
         )
         self.session: ClientSession | None = None
         self._inbound: asyncio.Queue[Any] = asyncio.Queue()
@@ -439,6 +440,7 @@ class StreamClient:
             result = session.receive(frames.decode(raw))
             if not result.welcomed:
                 raise ProtocolError("expected welcome", close_code=frames.CloseCode.PROTOCOL_ERROR)
+            self._reconnector.established()
             resend = session.unacked
             await self._apply(result)
             if resend and self.stats.connects > 1:
@@ -478,6 +480,7 @@ class StreamClient:
             self.stats.acked += result.newly_acked
             self.stats.buffered = session.unacked
             self._waiting_since = time.monotonic() if session.unacked else None
+            self._wake.set()  # a closing writer may be waiting for exactly this
             async with self._space:
                 self._space.notify_all()
         self.stats.duplicates += result.duplicates

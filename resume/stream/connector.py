@@ -161,6 +161,10 @@ class Reconnector:
 
     ``url`` and ``headers`` may be factories called before every attempt (to refresh a token).
     ``sleep``, ``rng`` and ``clock`` are injectable so tests never really wait.
+
+    With ``app_handshake=True`` a connection counts as up (for the backoff reset) only from
+    the session's call to :meth:`established`, so a server that accepts the WebSocket but never
+    completes the application's own handshake keeps the delays growing.
     """
 
     def __init__(
@@ -176,8 +180,11 @@ class Reconnector:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        app_handshake: bool = False,
     ) -> None:
         self.url = url
+        self.app_handshake = app_handshake
+        self._up_since: float | None = None
         self.options = options or ConnectOptions()
         self.backoff = backoff or Backoff()
         self.headers = headers
@@ -201,7 +208,7 @@ class Reconnector:
             except ResumeError as error:
                 await self._after_failure(url, error)
                 continue
-            connected_at = self.clock()
+            self._up_since = None if self.app_handshake else self.clock()
             self.stats.connects += 1
             if self.stats.connects > 1:
                 self.stats.reconnects += 1
@@ -214,7 +221,8 @@ class Reconnector:
                     await _abort(connection)
                     raise
                 self._emit(ConnectionEvent("disconnected", self._attempt, url, error))
-                if self.clock() - connected_at >= self.backoff.min_uptime:
+                up_since = self._up_since
+                if up_since is not None and self.clock() - up_since >= self.backoff.min_uptime:
                     self._attempt = 0  # it was a real connection: start the delays over
                     self._failing_since = None
                 await _abort(connection)
@@ -227,6 +235,10 @@ class Reconnector:
             self._attempt = 0
             self._failing_since = None
             return result
+
+    def established(self) -> None:
+        """The session completed its own handshake: the connection counts as up from now."""
+        self._up_since = self.clock()
 
     async def _after_failure(
         self, url: str, error: ResumeError, cause: BaseException | None = None

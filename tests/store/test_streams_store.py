@@ -1,0 +1,81 @@
+"""The stream tables: the server's channel log with producer dedup, the client's outbox and cursors."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from resume.errors import ProtocolError
+from resume.store import Store
+from resume.store.models import utcnow
+
+
+def seqs(store: Store, channel: str = "c") -> list[int]:
+    return [m.seq for m in store.streams.read(channel, 0, 1000)]
+
+
+def test_append_assigns_consecutive_server_seqs_and_skips_replayed_client_seqs(
+    store: Store,
+) -> None:
+    """A batch that overlaps what was stored for this producer stores only the new part."""
+    first = store.streams.append("c", "p1", 1, ['"a"', '"b"'])
+    assert (first.stored, first.first, first.count) == (2, 1, 2)
+    again = store.streams.append("c", "p1", 2, ['"b"', '"c"'])
+    assert (again.stored, again.first, again.count) == (3, 3, 1)
+    other = store.streams.append("c", "p2", 1, ['"x"'])
+    assert other.first == 4
+    assert [m.data for m in store.streams.read("c", 0, 10)] == ['"a"', '"b"', '"c"', '"x"']
+    assert store.streams.producer_seq("c", "p1") == 3
+    assert store.streams.head("c").last == 4
+
+
+def test_a_batch_that_skips_client_seqs_is_refused_and_stores_nothing(store: Store) -> None:
+    """A hole in a producer's seqs is a protocol violation, not a silent loss."""
+    store.streams.append("c", "p1", 1, ['"a"'])
+    with pytest.raises(ProtocolError, match="2 was next"):
+        store.streams.append("c", "p1", 3, ['"c"'])
+    assert seqs(store) == [1]
+
+
+def test_keep_trims_the_oldest_in_the_same_commit(store: Store) -> None:
+    """Retention by count moves the first retained seq; seqs are never reused."""
+    for i in range(1, 8):
+        store.streams.append("c", "p", i, [str(i)], keep=3)
+    assert seqs(store) == [5, 6, 7]
+    assert store.streams.head("c").first == 5
+
+
+def test_trim_by_age_drops_messages_older_than_the_cutoff(store: Store) -> None:
+    """Messages stored before the cutoff go; newer ones stay."""
+    store.streams.append("c", "p", 1, ["1", "2"])
+    head = store.streams.trim("c", before=utcnow() + dt.timedelta(seconds=1))
+    assert (head.first, head.last) == (3, 2) and seqs(store) == []
+    store.streams.append("c", "p", 3, ["3"])
+    assert seqs(store) == [3]
+
+
+def test_outbox_survives_a_reopen_and_confirm_drops_what_was_stored(
+    store: Store, db_url: str
+) -> None:
+    """The client's unconfirmed messages and its seq counter persist until the server acks."""
+    from resume.store import open_store
+
+    store.stream_client.add("me", "ws://x/streams/c", [(1, '"a"'), (2, '"b"'), (3, '"c"')])
+    store.stream_client.confirm("me", "ws://x/streams/c", 2)
+    with open_store(db_url) as reopened:
+        outbox = reopened.stream_client.load_outbox("me", "ws://x/streams/c")
+    assert (outbox.pending, outbox.last_seq, outbox.acked) == ([(3, '"c"')], 3, 2)
+    assert store.stream_client.load_outbox("other", "ws://x/streams/c").last_seq == 0
+
+
+def test_cursor_set_get_reset(store: Store) -> None:
+    """A consumer's position is per channel and can be forgotten."""
+    repo = store.stream_client
+    assert repo.cursor("c1", "u") is None
+    repo.set_cursor("c1", "u", 5)
+    repo.set_cursor("c1", "u", 7)
+    repo.set_cursor("c1", "v", 1)
+    assert (repo.cursor("c1", "u"), repo.cursor("c1", "v")) == (7, 1)
+    repo.reset_cursor("c1", "u")
+    assert repo.cursor("c1", "u") is None
