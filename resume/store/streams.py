@@ -61,6 +61,7 @@ class Appended:
     first: int  # server seq of the first newly stored message (0 if none)
     count: int  # how many were newly stored (the rest were duplicates)
     head: ChannelHead
+    timestamp: float = 0.0  # when they were stored (Unix time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,9 @@ class StreamLogRepository:
                     .where(PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == client_id)
                     .values(last_seq=producer_last, timestamp=now)
                 )
-        return Appended(producer_last, last + 1, len(new), ChannelHead(first, new_last))
+        return Appended(
+            producer_last, last + 1, len(new), ChannelHead(first, new_last), unix_time(now)
+        )
 
     def read(self, channel: str, after: int, limit: int) -> list[LoggedMessage]:
         """Up to ``limit`` retained messages with seq greater than ``after``, in order."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 from collections import deque
@@ -40,16 +41,36 @@ log = logging.getLogger("resume.streams")
 HELLO_TIMEOUT = 10.0
 MAX_CLIENT_ID = 64
 PUSH_FRAME_BYTES = 512 * 1024  # a msgs frame stays near this size (one bigger message alone)
+RECENT = 8192  # newest messages per channel kept in memory for subscribers that keep up
 
 
 class Channel:
-    """One channel's retained range in memory, and a way to wait for it to grow."""
+    """One channel's retained range in memory, and a way to wait for it to grow.
 
-    def __init__(self, name: str, head: ChannelHead) -> None:
+    The newest messages are also kept in memory (``recent``), so subscribers that keep up are
+    fed without reading the log back from the database.
+    """
+
+    def __init__(self, name: str, head: ChannelHead, recent: int = RECENT) -> None:
         self.name = name
         self.head = head
         self.lock = asyncio.Lock()  # one append at a time: seqs are assigned in commit order
+        self.recent: deque[LoggedMessage] = deque(maxlen=recent)  # consecutive seqs
         self._changed = asyncio.Event()
+
+    def remember(self, first: int, texts: list[str], timestamp: float) -> None:
+        """Newly stored messages with seqs ``first, first+1, ...``."""
+        if self.recent and self.recent[-1].seq + 1 != first:
+            self.recent.clear()  # keep the cache contiguous
+        self.recent.extend(LoggedMessage(first + i, t, timestamp) for i, t in enumerate(texts))
+
+    def cached_after(self, position: int, limit: int) -> list[LoggedMessage] | None:
+        """Up to ``limit`` messages after ``position`` from memory; None if not all there."""
+        recent = self.recent
+        if not recent or not recent[0].seq <= position + 1 <= recent[-1].seq:
+            return None
+        start = position + 1 - recent[0].seq
+        return list(itertools.islice(recent, start, start + limit))
 
     def changed(self) -> asyncio.Event:
         """An event set at the next change of the head (take it before checking the head)."""
@@ -236,6 +257,7 @@ class StreamConnection:
                 keep=endpoint.retention_count,
             )
             if appended.count:
+                channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
                 channel.advance(appended.head)
         await self.ws.send(frames.encode({"type": "ack", "seq": appended.stored}))
 
@@ -266,9 +288,10 @@ class StreamConnection:
                 self.acked.clear()
                 await self.acked.wait()
                 continue
-            rows = await asyncio.to_thread(
-                endpoint.log.read, self.name, position, min(endpoint.read_batch, room)
-            )
+            limit = min(endpoint.read_batch, room)
+            rows = channel.cached_after(position, limit)
+            if rows is None:
+                rows = await asyncio.to_thread(endpoint.log.read, self.name, position, limit)
             if not rows:  # trimmed while we read: the head says where to go on
                 await asyncio.sleep(0)
                 continue
