@@ -16,6 +16,7 @@ Catch at whatever level suits you::
     │       ├── Rejected                   401/403/404 at the handshake or a policy close
     │       ├── ProtocolError              the peer broke the wire protocol (1002/1003/1007/1009)
     │       ├── GapError                   a stream gap the server can no longer replay
+    │       ├── StreamReset                the server's log is behind a consumer's position
     │       ├── ServerError                server could not store the data (disk full, I/O)
     │       └── IntegrityError             bytes do not match what they must be
     │           ├── ChecksumMismatch       a chunk or a whole file failed verification
@@ -138,6 +139,19 @@ class GapError(FatalError):
     def __init__(self, message: str, *, first: int, last: int) -> None:
         super().__init__(message)
         self.first = first
+        self.last = last
+
+
+class StreamReset(FatalError):
+    """The server's log ends before this consumer's stored position: its state was reset.
+
+    Messages numbered after the reset would reuse seqs the consumer already took, so they are
+    not delivered silently; reset the consumer's position to start over.
+    """
+
+    def __init__(self, message: str, *, position: int, last: int) -> None:
+        super().__init__(message)
+        self.position = position
         self.last = last
 
 

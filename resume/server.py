@@ -2,7 +2,7 @@
 
 Embed it in your own `websockets` server::
 
-    app = ResumeApp(ServerConfig(root=Path("/srv/data"), token="s3cret"))
+    app = build_app(ServerConfig(root=Path("/srv/data"), token="s3cret"))
     async with serve(app.handler, "127.0.0.1", 8765, **app.serve_options()):
         await asyncio.Future()
 

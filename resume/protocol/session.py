@@ -8,7 +8,7 @@ and never reads the clock, so every interleaving can be tested without sockets.
 Wire messages on ``/streams/<channel>`` (JSON text frames)::
 
     client -> server
-      {"type":"hello", "client_id":..., "after": N | "start" | "end"}
+      {"type":"hello", "client_id":..., "after": N | "start" | "end", "subscribe": bool}
       {"type":"pub", "seq": first, "data": [m1, m2, ...]}        client seqs first, first+1, ...
       {"type":"ack", "seq": n}                                    took server seqs up to n
     server -> client
@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from resume.errors import ProtocolError
+from resume.errors import ProtocolError, StreamReset
 from resume.protocol.frames import CloseCode
 
 
@@ -157,6 +157,11 @@ class ClientSession:
         return self.last_seq
 
     @property
+    def in_flight(self) -> int:
+        """Outbound messages written on a connection and not yet confirmed."""
+        return sum(1 for item in self._outbox if item[0] <= self._written)
+
+    @property
     def unacked(self) -> int:
         """Outbound messages not yet confirmed by the server (buffered or in flight)."""
         return len(self._outbox)
@@ -227,6 +232,15 @@ class ClientSession:
                 raise _protocol_error(f"welcome while {self.state}")
             result.newly_acked = self._confirm(_int(message, "acked"))
             position = _int(message, "position")
+            last = _int(message, "last")
+            if self.position is not None and self.position > last:
+                raise StreamReset(
+                    f"the server's log ends at seq {last} but this consumer already took "
+                    f"{self.position}: the server's state was reset; reset the consumer's "
+                    "position to start over",
+                    position=self.position,
+                    last=last,
+                )
             if self.position is None:  # a new consumer: the server says where it starts
                 self.position = self.taken = self._acked_in = position
             self.state = SessionState.OPEN

@@ -58,6 +58,7 @@ from resume.stream.connector import (
 log = logging.getLogger("resume.stream")
 
 MAX_MESSAGE_BYTES = 1_000_000  # one encoded message; the server's default frame limit is 1 MiB
+MAX_QUEUED = 8192  # received, not yet taken: beyond this the client stops reading the socket
 
 
 class BufferFull(ResumeError):
@@ -166,6 +167,8 @@ class StreamClient:
         if key is None and not isinstance(url, str):
             raise UsageError("with a URL factory, give key= (the name of this stream's state)")
         self.key = key if key is not None else str(url)
+        if client_id is not None and not 0 < len(client_id) <= 64:
+            raise UsageError("client_id must be 1..64 characters")
         self._random_id = client_id is None
         self.client_id = client_id or uuid.uuid4().hex[:16]
         self.consumer = consumer
@@ -191,6 +194,8 @@ class StreamClient:
         )
         self.session: ClientSession | None = None
         self._inbound: asyncio.Queue[Any] = asyncio.Queue()
+        self._room = asyncio.Event()  # the inbound queue is below MAX_QUEUED
+        self._room.set()
         self._held: Message | None = None
         self._wake = asyncio.Event()  # something to write
         self._space = asyncio.Condition()  # the outbound buffer shrank
@@ -312,7 +317,7 @@ class StreamClient:
                     list(zip(seqs, texts, strict=True)),
                 )
             for text in texts:
-                session.send(text, len(text))
+                session.send(text, len(text.encode()))
         self.stats.sent += len(texts)
         self.stats.buffered = session.unacked
         self._wake.set()
@@ -378,6 +383,8 @@ class StreamClient:
             await self._take(held)
         while True:
             item = await self._inbound.get()
+            if self._inbound.qsize() < MAX_QUEUED:
+                self._room.set()
             if item is _END:
                 self._inbound.put_nowait(_END)  # every later call ends too
                 self._raise_if_failed()
@@ -430,6 +437,7 @@ class StreamClient:
         session = self.session
         assert session is not None
         try:
+            resend = session.in_flight  # written on the last connection, never confirmed
             hello = session.connected()
             hello["subscribe"] = self.subscribe
             await ws.send(frames.encode(hello))
@@ -441,9 +449,9 @@ class StreamClient:
             if not result.welcomed:
                 raise ProtocolError("expected welcome", close_code=frames.CloseCode.PROTOCOL_ERROR)
             self._reconnector.established()
-            resend = session.unacked
             await self._apply(result)
-            if resend and self.stats.connects > 1:
+            resend = min(resend, session.unacked)  # the welcome may confirm some of them
+            if resend:
                 self.stats.replayed += resend
                 self._emit(StreamEvent("replay", count=resend))
             self._waiting_since = None
@@ -465,6 +473,11 @@ class StreamClient:
         assert session is not None
         async for raw in ws:
             await self._apply(session.receive(frames.decode(raw)))
+            if self._inbound.qsize() >= MAX_QUEUED:  # the application is behind: pause
+                self._room.clear()
+                await self._room.wait()
+                if self._waiting_since is not None:  # acks could not be read meanwhile
+                    self._waiting_since = time.monotonic()
         # websockets ends the iteration quietly on a 1000/1001 close: for us that is a drop
         code = ws.close_code
         raise ConnectionLost(f"server closed the connection ({code})", close_code=code)
@@ -509,7 +522,7 @@ class StreamClient:
                 await ws.send(frames.encode(ack))
             if self._closing and session.unacked == 0:
                 return
-            if self._waiting_since is not None:
+            if self._waiting_since is not None and self._room.is_set():
                 waited = time.monotonic() - self._waiting_since
                 if waited > timeout:
                     raise AckTimeout(f"no acknowledgement from the server for {waited:.0f}s")

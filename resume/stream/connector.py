@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from resume.errors import (
     ConnectionLost,
     ConnectTimeout,
     ProtocolError,
+    Rejected,
     ResumeError,
     UsageError,
     Verdict,
@@ -92,6 +94,9 @@ def translate(exc: BaseException) -> ResumeError | None:
         return ConnectTimeout(f"timed out: {exc}" if str(exc) else "timed out")
     if isinstance(exc, EOFError | asyncio.IncompleteReadError):
         return ConnectionLost(f"connection lost: {exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = getattr(exc, "verify_message", None) or exc
+        return Rejected(f"TLS certificate verification failed: {reason}")
     if isinstance(exc, OSError):
         return ConnectError(f"cannot connect: {exc.strerror or exc}")
     return None

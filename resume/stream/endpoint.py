@@ -317,7 +317,7 @@ def _fit(rows: list[LoggedMessage], budget: int) -> list[LoggedMessage]:
     """The longest prefix of ``rows`` within ``budget`` bytes (at least one row)."""
     total = 0
     for index, row in enumerate(rows):
-        total += len(row.data) + 24
+        total += len(row.data.encode()) + 24
         if total > budget and index:
             return rows[:index]
     return rows

@@ -20,7 +20,12 @@ from websockets.asyncio.client import ClientConnection
 from resume.errors import ConnectionLost, UsageError
 from resume.stream.backoff import Backoff
 from resume.stream.client import BufferFull, ClientClosed
-from resume.stream.connector import ConnectionEvent, ConnectOptions, Reconnector
+from resume.stream.connector import (
+    ConnectionEvent,
+    ConnectOptions,
+    ConnectorStats,
+    Reconnector,
+)
 
 Data = str | bytes
 _END = object()
@@ -48,6 +53,8 @@ class RawClient:
     ) -> None:
         if max_buffered < 1:
             raise UsageError("max_buffered must be at least 1")
+        if overflow not in ("wait", "raise"):
+            raise UsageError("overflow must be 'wait' or 'raise'")
         self.on_connect = on_connect
         self.max_buffered = max_buffered
         self.overflow = overflow
@@ -67,7 +74,7 @@ class RawClient:
         self._closing = False
 
     @property
-    def stats(self) -> object:
+    def stats(self) -> ConnectorStats:
         """The reconnect loop's counters (connects, reconnects, failures)."""
         return self._reconnector.stats
 

@@ -408,3 +408,34 @@ async def test_raw_client_buffers_while_down_and_delivers_after(tmp_path: Path) 
         await asyncio.wait_for(done.wait(), 5)
         await raw.close()
     assert received == ["a", "b", "c"]
+
+
+async def test_consumer_ahead_of_a_reset_server_is_a_clear_error(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A stored position beyond the server's log (its state was reset) stops with StreamReset."""
+    from resume.errors import StreamReset
+
+    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
+        await producer.send_many([1, 2, 3])
+        await producer.flush(5)
+    with open_store(tmp_path / "c.db") as store:
+        store.stream_client.set_cursor("c", channel(server), 500)
+        client = StreamClient(channel(server), consumer="c", store=store, options=options())
+        await client.start()
+        with pytest.raises(StreamReset, match="reset"):
+            await asyncio.wait_for(client.wait(), 5)
+        await client.close()
+
+
+async def test_batches_of_multibyte_text_stay_under_the_server_frame_limit(
+    server: RunningServer,
+) -> None:
+    """Frame budgets count encoded bytes, so non-ASCII batches are not refused as too big."""
+    text = "€" * 1000  # 3000 bytes in UTF-8
+    async with StreamClient(
+        channel(server), subscribe=False, options=options(max_attempts=2)
+    ) as producer:
+        await producer.send_many([text] * 600)
+        await producer.flush(10)
+    assert logged(server) == [text] * 600

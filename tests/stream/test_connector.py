@@ -243,3 +243,14 @@ async def test_heartbeat_detects_a_silent_peer(ws_server) -> None:
             conn.transport.abort()
         server.close()
         await server.wait_closed()
+
+
+def test_a_bad_tls_certificate_is_fatal_not_retried() -> None:
+    """Certificate verification failures are OSErrors, but retrying cannot fix them."""
+    import ssl
+
+    from resume.errors import Verdict, classify
+    from resume.stream.connector import translate
+
+    error = translate(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    assert isinstance(error, Rejected) and classify(error) is Verdict.FATAL
