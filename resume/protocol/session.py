@@ -30,6 +30,7 @@ Seqs that can never come (trimmed from the log) are reported as gaps, never skip
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ class ClientSession:
         pending: Iterable[tuple[int, Any]] = (),
         last_seq: int = 0,
         acked: int = 0,
-        max_batch: int = 512,
+        max_batch: int = 2048,
         max_batch_bytes: int = 512 * 1024,
     ) -> None:
         self.client_id = client_id
@@ -157,6 +158,11 @@ class ClientSession:
         return self.last_seq
 
     @property
+    def unwritten(self) -> int:
+        """Outbound messages accepted but not yet written on the current connection."""
+        return self.last_seq - self._written
+
+    @property
     def in_flight(self) -> int:
         """Outbound messages written on a connection and not yet confirmed."""
         return sum(1 for item in self._outbox if item[0] <= self._written)
@@ -173,9 +179,9 @@ class ClientSession:
         frames: list[dict[str, Any]] = []
         batch: list[Any] = []
         first = batch_bytes = 0
-        for seq, data, size in self._outbox:
-            if seq <= self._written:
-                continue
+        # outbox seqs are consecutive: skip what was written without looking at it
+        start = self._written + 1 - self._outbox[0][0] if self._outbox else 0
+        for seq, data, size in itertools.islice(self._outbox, max(start, 0), None):
             if batch and (
                 len(batch) >= self.max_batch or batch_bytes + size > self.max_batch_bytes
             ):

@@ -15,8 +15,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, select, update
+from sqlalchemy import Connection, Engine, case, delete, func, select, update
+from sqlalchemy.engine import Compiled
 
 from resume.errors import ProtocolError
 from resume.store.errors import store_errors
@@ -71,6 +73,49 @@ class LoggedMessage:
     seq: int
     data: str
     timestamp: float
+
+
+def _insert_messages(
+    conn: Connection,
+    channel: str,
+    producer: str,
+    first_seq: int,
+    first_producer_seq: int,
+    texts: Sequence[str],
+    now: dt.datetime,
+) -> None:
+    """INSERT a batch of log rows with seqs ``first_seq, first_seq+1, ...`` in one executemany.
+
+    SQLAlchemy's per-row parameter processing was half the cost of storing a batch; here the
+    statement is compiled once per dialect, the batch's one timestamp is converted once, and
+    each row is a plain tuple or dict for the driver, so the SQL stays dialect-neutral.
+    """
+    dialect = conn.dialect
+    compiled = _COMPILED.get(dialect.name)
+    if compiled is None:
+        compiled = _COMPILED.setdefault(dialect.name, MESSAGES.insert().compile(dialect=dialect))
+    convert = MESSAGES.c.timestamp.type.dialect_impl(dialect).bind_processor(dialect)
+    stamp = convert(now) if convert else now
+    rows = (
+        {
+            "channel": channel,
+            "seq": first_seq + i,
+            "producer": producer,
+            "producer_seq": first_producer_seq + i,
+            "data": data,
+            "timestamp": stamp,
+        }
+        for i, data in enumerate(texts)
+    )
+    if compiled.positional:
+        names = compiled.positiontup or ()
+        params: list[Any] = [tuple(row[name] for name in names) for row in rows]
+    else:
+        params = list(rows)
+    conn.exec_driver_sql(str(compiled), params)
+
+
+_COMPILED: dict[str, Compiled] = {}
 
 
 class StreamLogRepository:
@@ -138,19 +183,8 @@ class StreamLogRepository:
             if not new:
                 return Appended(already, 0, 0, ChannelHead(first, last))
             producer_last = first_seq + len(items) - 1
-            conn.execute(
-                MESSAGES.insert(),
-                [
-                    {
-                        "channel": channel,
-                        "seq": last + 1 + i,
-                        "producer": client_id,
-                        "producer_seq": producer_last - len(new) + 1 + i,
-                        "data": data,
-                        "timestamp": now,
-                    }
-                    for i, data in enumerate(new)
-                ],
+            _insert_messages(
+                conn, channel, client_id, last + 1, producer_last - len(new) + 1, new, now
             )
             new_last = last + len(new)
             if keep is not None and new_last - first + 1 > keep:

@@ -321,6 +321,8 @@ class StreamClient:
         self.stats.sent += len(texts)
         self.stats.buffered = session.unacked
         self._wake.set()
+        if session.unwritten >= session.max_batch:
+            await asyncio.sleep(0)  # a full batch is waiting: let the writer send it now
         return seqs
 
     async def flush(self, timeout: float | None = None) -> None:

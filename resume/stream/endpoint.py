@@ -40,6 +40,7 @@ log = logging.getLogger("resume.streams")
 
 HELLO_TIMEOUT = 10.0
 MAX_CLIENT_ID = 64
+PUB_QUEUE = 16  # pub frames read ahead of the appender (then the reader waits: backpressure)
 PUSH_FRAME_BYTES = 512 * 1024  # a msgs frame stays near this size (one bigger message alone)
 RECENT = 8192  # newest messages per channel kept in memory for subscribers that keep up
 
@@ -159,27 +160,23 @@ class StreamConnection:
         self.client_id = ""
         self.in_flight: deque[list[int]] = deque()  # [first, last] runs pushed, not yet acked
         self.acked = asyncio.Event()
+        # pub batches read but not yet stored: the reader goes on while the appender commits
+        self.pubs: asyncio.Queue[tuple[int, list[str]]] = asyncio.Queue(PUB_QUEUE)
 
     async def run(self) -> None:
-        pusher: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
             hello = frames.decode(await asyncio.wait_for(self.ws.recv(), HELLO_TIMEOUT))
             channel, position, subscribe = await self.on_hello(hello)
+            tasks = [
+                asyncio.create_task(self.read()),
+                asyncio.create_task(self.append_forever(channel)),
+            ]
             if subscribe:
-                pusher = asyncio.create_task(self.push(channel, position))
-            async for raw in self.ws:
-                message = frames.decode(raw)
-                kind = message["type"]
-                if kind == "pub":
-                    await self.on_pub(channel, message)
-                elif kind == "ack":
-                    self.on_ack(_seq(message, "seq", minimum=0))
-                else:
-                    raise ProtocolError(
-                        f"unexpected {kind!r} message", close_code=CloseCode.PROTOCOL_ERROR
-                    )
-                if pusher is not None and pusher.done():
-                    pusher.result()  # a failed pusher ends the connection
+                tasks.append(asyncio.create_task(self.push(channel, position)))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the first to fail (or the reader, at the end) ends them all
         except ProtocolError as exc:
             log.warning("closing %s on %s: %s", self.ws.remote_address, self.name, exc)
             await self.ws.close(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc)[:120])
@@ -187,11 +184,26 @@ class StreamConnection:
             await self.ws.close(CloseCode.POLICY_VIOLATION, "no hello in time")
         except ConnectionClosed:
             pass
+        except StoreError:
+            log.exception("storing messages of %s failed", self.name)
+            await self.ws.close(CloseCode.INTERNAL_ERROR, "server could not store messages")
         finally:
-            if pusher is not None:
-                pusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                    await pusher
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def read(self) -> None:
+        async for raw in self.ws:
+            message = frames.decode(raw)
+            kind = message["type"]
+            if kind == "pub":
+                await self.pubs.put(self.parse_pub(message))
+            elif kind == "ack":
+                self.on_ack(_seq(message, "seq", minimum=0))
+            else:
+                raise ProtocolError(
+                    f"unexpected {kind!r} message", close_code=CloseCode.PROTOCOL_ERROR
+                )
 
     async def on_hello(self, hello: dict[str, Any]) -> tuple[Channel, int, bool]:
         if hello["type"] != "hello":
@@ -238,28 +250,43 @@ class StreamConnection:
         )
         return channel, position, subscribe
 
-    async def on_pub(self, channel: Channel, message: dict[str, Any]) -> None:
+    @staticmethod
+    def parse_pub(message: dict[str, Any]) -> tuple[int, list[str]]:
+        """The first client seq and the messages (as JSON texts) of a ``pub`` frame."""
         first = _seq(message, "seq", minimum=1)
         data = message.get("data")
         if not isinstance(data, list) or not data:
             raise ProtocolError(
                 "pub: 'data' must be a non-empty list", close_code=CloseCode.PROTOCOL_ERROR
             )
-        texts = [json.dumps(item, separators=(",", ":"), ensure_ascii=False) for item in data]
+        return first, [json.dumps(item, separators=(",", ":"), ensure_ascii=False) for item in data]
+
+    async def append_forever(self, channel: Channel) -> None:
+        """Store queued pub batches, all that are waiting in one commit (group commit), and ack."""
         endpoint = self.endpoint
-        async with channel.lock:
-            appended = await asyncio.to_thread(
-                endpoint.log.append,
-                self.name,
-                self.client_id,
-                first,
-                texts,
-                keep=endpoint.retention_count,
-            )
-            if appended.count:
-                channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
-                channel.advance(appended.head)
-        await self.ws.send(frames.encode({"type": "ack", "seq": appended.stored}))
+        carry: tuple[int, list[str]] | None = None
+        while True:
+            first, texts = carry or await self.pubs.get()
+            carry = None
+            while not self.pubs.empty():
+                next_first, more = self.pubs.get_nowait()
+                if next_first != first + len(texts):  # not a continuation: its own commit
+                    carry = (next_first, more)
+                    break
+                texts.extend(more)
+            async with channel.lock:
+                appended = await asyncio.to_thread(
+                    endpoint.log.append,
+                    self.name,
+                    self.client_id,
+                    first,
+                    texts,
+                    keep=endpoint.retention_count,
+                )
+                if appended.count:
+                    channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
+                    channel.advance(appended.head)
+            await self.ws.send(frames.encode({"type": "ack", "seq": appended.stored}))
 
     def on_ack(self, seq: int) -> None:
         while self.in_flight and self.in_flight[0][1] <= seq:
