@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from resume.cli.options import add_db_option, add_token_option
+from resume.cli.options import add_db_option, add_retry_options, add_token_option, retry_policy
 from resume.errors import Interrupted, UsageError
 
 if TYPE_CHECKING:
@@ -31,13 +31,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     add_db_option(parser)
     add_token_option(parser)
-    parser.add_argument(
-        "--max-retry-delay",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="longest wait between reconnection attempts (default 30)",
-    )
+    add_retry_options(parser)
 
 
 def _add_send(subparsers: argparse._SubParsersAction) -> None:
@@ -109,12 +103,10 @@ def _check_url(url: str) -> None:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from resume.stream.backoff import Backoff
     from resume.stream.client import StreamOptions
 
-    if args.max_retry_delay <= 0:
-        raise UsageError("--max-retry-delay must be positive")
-    return StreamOptions(backoff=Backoff(cap=args.max_retry_delay))
+    backoff, give_up = retry_policy(args)
+    return StreamOptions(backoff=backoff, give_up_after=give_up)
 
 
 # -- send ---------------------------------------------------------------------------------------
@@ -145,6 +137,8 @@ async def _send(args: argparse.Namespace) -> int:
         pump = asyncio.create_task(_pump_stdin(client, sys.stdin.buffer, as_json=args.json))
         await _until_done_or_interrupted(client, pump)
         await _until_done_or_interrupted(client, asyncio.create_task(client.flush()))
+        # even with nothing to send, exit 0 only once the server accepted us (token, path)
+        await _until_done_or_interrupted(client, asyncio.create_task(client.ready()))
         await client.close()
         return 0
     except Interrupted:
@@ -156,8 +150,7 @@ async def _send(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     finally:
-        if client.error is None:
-            await client.close()
+        await client.close()
         if store is not None:
             store.close()
 
@@ -258,7 +251,7 @@ async def _tail(args: argparse.Namespace) -> int:
         except BrokenPipeError:
             await client.close(take_held=False)  # the last line may not have been read
             return 0
-        if client.error is None:
+        finally:
             await client.close()
         return 0
 

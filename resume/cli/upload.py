@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resume.cli.format import format_bytes, parse_duration, parse_size
-from resume.cli.options import add_db_option, add_token_option
+from resume.cli.options import add_db_option, add_retry_options, add_token_option, retry_policy
 from resume.errors import Interrupted, ResumeError, UsageError
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 
@@ -74,18 +74,7 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    parser.add_argument(
-        "--max-retry-delay",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="longest wait between reconnection attempts (default 30)",
-    )
-    parser.add_argument(
-        "--give-up-after",
-        metavar="AGE",
-        help="stop retrying after the server was unreachable this long, e.g. 10m (default: never)",
-    )
+    add_retry_options(parser)
     parser.set_defaults(run=run_upload)
 
 
@@ -131,21 +120,18 @@ def _add_gc(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace) -> UploadOptions:
     """Validate the command line into :class:`UploadOptions`."""
-    from resume.stream.backoff import Backoff
     from resume.stream.connector import ConnectOptions
     from resume.transfer.upload import UploadOptions
 
     try:
         chunk_size = parse_size(args.chunk_size)
-        give_up = parse_duration(args.give_up_after) if args.give_up_after else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if chunk_size < 1024 or chunk_size > 64 * 2**20:
         raise UsageError("--chunk-size must be between 1KiB and 64MiB")
     if not 1 <= args.window <= 1024:
         raise UsageError("--window must be between 1 and 1024")
-    if args.max_retry_delay <= 0:
-        raise UsageError("--max-retry-delay must be positive")
+    backoff, give_up = retry_policy(args)
     return UploadOptions(
         chunk_size=chunk_size,
         window=args.window,
@@ -153,7 +139,7 @@ def options_from(args: argparse.Namespace) -> UploadOptions:
         connect=ConnectOptions(
             token=args.token or None, max_size=64 * 2**20, write_limit=4 * 2**20
         ),
-        backoff=Backoff(base=min(0.5, args.max_retry_delay), cap=args.max_retry_delay),
+        backoff=backoff,
         give_up_after=give_up,
     )
 

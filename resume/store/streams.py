@@ -17,7 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.engine import Compiled
 
 from resume.errors import ProtocolError
@@ -116,6 +126,14 @@ def _insert_messages(
 
 
 _COMPILED: dict[str, Compiled] = {}
+_CURSOR_UPDATE: dict[str, Compiled] = {}
+
+
+def _upsert(conn: Connection, table: Table, key: dict[str, Any], values: dict[str, Any]) -> None:
+    """Update the row with primary key ``key``, or insert it (dialect-neutral, in one txn)."""
+    where = [table.c[name] == value for name, value in key.items()]
+    if not conn.execute(update(table).where(*where).values(**values)).rowcount:
+        conn.execute(table.insert().values(**key, **values))
 
 
 class StreamLogRepository:
@@ -192,30 +210,18 @@ class StreamLogRepository:
                 conn.execute(
                     delete(MESSAGES).where(MESSAGES.c.channel == channel, MESSAGES.c.seq < first)
                 )
-            if head_row is None:
-                conn.execute(
-                    CHANNELS.insert().values(
-                        channel=channel, first_seq=first, last_seq=new_last, timestamp=now
-                    )
-                )
-            else:
-                conn.execute(
-                    update(CHANNELS)
-                    .where(CHANNELS.c.channel == channel)
-                    .values(first_seq=first, last_seq=new_last, timestamp=now)
-                )
-            if stored is None:
-                conn.execute(
-                    PRODUCERS.insert().values(
-                        channel=channel, client_id=client_id, last_seq=producer_last, timestamp=now
-                    )
-                )
-            else:
-                conn.execute(
-                    update(PRODUCERS)
-                    .where(PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == client_id)
-                    .values(last_seq=producer_last, timestamp=now)
-                )
+            _upsert(
+                conn,
+                CHANNELS,
+                {"channel": channel},
+                {"first_seq": first, "last_seq": new_last, "timestamp": now},
+            )
+            _upsert(
+                conn,
+                PRODUCERS,
+                {"channel": channel, "client_id": client_id},
+                {"last_seq": producer_last, "timestamp": now},
+            )
         return Appended(
             producer_last, last + 1, len(new), ChannelHead(first, new_last), unix_time(now)
         )
@@ -374,20 +380,47 @@ class StreamClientRepository:
         return None if value is None else int(value)
 
     def set_cursor(self, consumer: str, channel: str, seq: int) -> None:
-        """Record that ``consumer`` took everything up to ``seq``."""
-        now = utcnow()
+        """Record that ``consumer`` took everything up to ``seq``.
+
+        Called once per message a consumer takes, so the common case (the row exists) is one
+        UPDATE compiled once and handed to the driver as it is.
+        """
         with store_errors(), self.engine.begin() as conn:
-            changed = conn.execute(
-                update(CURSORS)
-                .where(CURSORS.c.consumer == consumer, CURSORS.c.channel == channel)
-                .values(seq=seq, timestamp=now)
-            ).rowcount
-            if not changed:
-                conn.execute(
-                    CURSORS.insert().values(
-                        consumer=consumer, channel=channel, seq=seq, timestamp=now
+            dialect = conn.dialect
+            compiled = _CURSOR_UPDATE.get(dialect.name)
+            if compiled is None:
+                statement = (
+                    update(CURSORS)
+                    .where(
+                        CURSORS.c.consumer == bindparam("k_consumer"),
+                        CURSORS.c.channel == bindparam("k_channel"),
                     )
+                    .values(seq=bindparam("seq"), timestamp=bindparam("timestamp"))
                 )
+                compiled = _CURSOR_UPDATE.setdefault(
+                    dialect.name, statement.compile(dialect=dialect)
+                )
+            convert = CURSORS.c.timestamp.type.dialect_impl(dialect).bind_processor(dialect)
+            now = utcnow()
+            values = {
+                "seq": seq,
+                "timestamp": convert(now) if convert else now,
+                "k_consumer": consumer,
+                "k_channel": channel,
+            }
+            params: Any = (
+                tuple(values[name] for name in compiled.positiontup or ())
+                if compiled.positional
+                else values
+            )
+            if conn.exec_driver_sql(str(compiled), params).rowcount:
+                return
+            _upsert(
+                conn,
+                CURSORS,
+                {"consumer": consumer, "channel": channel},
+                {"seq": seq, "timestamp": utcnow()},
+            )
 
     def reset_cursor(self, consumer: str, channel: str) -> None:
         """Forget ``consumer``'s position so it starts anew."""

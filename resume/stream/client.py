@@ -194,6 +194,7 @@ class StreamClient:
         )
         self.session: ClientSession | None = None
         self._inbound: asyncio.Queue[Any] = asyncio.Queue()
+        self._ready = asyncio.Event()  # welcomed once, or failed
         self._room = asyncio.Event()  # the inbound queue is below MAX_QUEUED
         self._room.set()
         self._held: Message | None = None
@@ -269,7 +270,7 @@ class StreamClient:
         await asyncio.gather(self._task, return_exceptions=True)
         self._inbound.put_nowait(_END)
         unconfirmed = session.unacked
-        if unconfirmed:
+        if unconfirmed and self._error is None:  # after a fatal error, the error says it all
             log.warning("closed with %d message(s) not confirmed by the server", unconfirmed)
         return unconfirmed
 
@@ -278,6 +279,12 @@ class StreamClient:
         if self._task is None:
             raise UsageError("start the client first (await client.start() or async with)")
         await asyncio.wait([self._task])  # not gather: cancelling us must not cancel it
+        self._raise_if_failed()
+
+    async def ready(self, timeout: float | None = None) -> None:
+        """Wait until the server has welcomed this client once; raises its fatal error."""
+        self._usable_session()
+        await asyncio.wait_for(self._ready.wait(), timeout)
         self._raise_if_failed()
 
     @property
@@ -426,11 +433,13 @@ class StreamClient:
     async def _run(self) -> None:
         try:
             await self._reconnector.run(self._connection)
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                self._error = exc
+        except asyncio.CancelledError:
             raise
+        except Exception as exc:  # kept, and raised to the application by every later call
+            self._error = exc
+            log.debug("stream %s stopped: %s", self.key, exc)
         finally:
+            self._ready.set()
             self._inbound.put_nowait(_END)
             async with self._space:
                 self._space.notify_all()
@@ -451,6 +460,7 @@ class StreamClient:
             if not result.welcomed:
                 raise ProtocolError("expected welcome", close_code=frames.CloseCode.PROTOCOL_ERROR)
             self._reconnector.established()
+            self._ready.set()
             await self._apply(result)
             resend = min(resend, session.unacked)  # the welcome may confirm some of them
             if resend:
