@@ -129,8 +129,9 @@ _END = object()  # queued after the last message: the client closed or failed
 class StreamClient:
     """A reconnecting, replaying client for one channel (``ws://host:port/streams/NAME``).
 
-    ``key`` names this stream's durable state (default: the URL). ``client_id`` names this producer to the server (dedup of replays); give a stable one for
-    durable mode, else a random one is made. ``consumer`` names the position kept in ``store``.
+    ``key`` names this stream's durable state (default: the URL). ``client_id`` names this
+    producer to the server (dedup of replays): a stable one needs ``store`` (the seq counter
+    must survive the process); without one a random id is made per client. ``consumer`` names the position kept in ``store``.
     ``start`` is where a consumer without a stored position begins: ``"end"`` (only new
     messages) or ``"start"`` (the oldest the server still keeps). ``subscribe=False`` makes a
     producer that receives nothing. ``on_gap``: called for ranges the server trimmed before we
@@ -169,6 +170,13 @@ class StreamClient:
         self.key = key if key is not None else str(url)
         if client_id is not None and not 0 < len(client_id) <= 64:
             raise UsageError("client_id must be 1..64 characters")
+        if client_id is not None and store is None:
+            # The server drops client seqs it already stored for an id. A restarted process
+            # without the stored seq counter would start again at 1 and be dropped as replays.
+            raise UsageError(
+                "a client_id without store= would reuse seqs after a restart (and the server "
+                "would drop them as replays): pass store=open_store(...) or omit client_id"
+            )
         self._random_id = client_id is None
         self.client_id = client_id or uuid.uuid4().hex[:16]
         self.consumer = consumer

@@ -439,3 +439,11 @@ async def test_batches_of_multibyte_text_stay_under_the_server_frame_limit(
         await producer.send_many([text] * 600)
         await producer.flush(10)
     assert logged(server) == [text] * 600
+
+
+def test_a_stable_client_id_needs_a_store() -> None:
+    """Without a stored seq counter a restart would reuse seqs the server drops: refused."""
+    from resume.errors import UsageError
+
+    with pytest.raises(UsageError, match="reuse seqs"):
+        StreamClient("ws://127.0.0.1:9/streams/x", client_id="svc-1")
