@@ -520,9 +520,6 @@ class StreamClient:
         for event in result.events:
             if isinstance(event, Gap):
                 self.stats.gaps += 1
-                log.warning(
-                    "stream %s: seqs %d..%d not recovered", self.key, event.first, event.last
-                )
                 self._emit(StreamEvent("gap", gap=event))
             self._inbound.put_nowait(event)
 
@@ -575,7 +572,23 @@ class StreamClient:
         self._emit(StreamEvent(event.kind, event.attempt, event.error, event.delay))
 
     def _emit(self, event: StreamEvent) -> None:
-        log.debug("stream %s: %s", self.key, event)
+        # Structured: every record carries the stream, the event and its numbers as fields
+        # (record.stream, record.event, ...) for JSON log formatters; the message reads alone.
+        fields = {
+            "stream": self.key,
+            "event": event.kind,
+            "attempt": event.attempt,
+            "delay": event.delay,
+            "count": event.count,
+            "error": str(event.error) if event.error else None,
+        }
+        detail: object = event.error or (f"{event.count} message(s)" if event.count else "")
+        level = logging.DEBUG if event.kind == "connected" and not event.attempt else logging.INFO
+        if event.gap is not None:
+            fields.update(first=event.gap.first, last=event.gap.last)
+            detail = f"seqs {event.gap.first}..{event.gap.last} not recovered"
+            level = logging.WARNING
+        log.log(level, "stream %s: %s %s", self.key, event.kind, detail, extra=fields)
         if self.on_event is not None:
             self.on_event(event)
 

@@ -447,3 +447,23 @@ def test_a_stable_client_id_needs_a_store() -> None:
 
     with pytest.raises(UsageError, match="reuse seqs"):
         StreamClient("ws://127.0.0.1:9/streams/x", client_id="svc-1")
+
+
+async def test_events_are_logged_as_structured_records(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gap is a WARNING record whose fields name the stream, the event and the range."""
+    server = await start_server(retention_count=2)
+    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
+        await producer.send_many(list(range(6)))
+        await producer.flush(10)
+    caplog.set_level("INFO", logger="resume.stream")
+    with open_store(server.root.parent / "client.db") as store:
+        store.stream_client.set_cursor("late", channel(server), 0)
+        async with StreamClient(
+            channel(server), consumer="late", store=store, options=options(), on_gap=lambda g: None
+        ) as consumer:
+            assert await take(consumer, 2) == [4, 5]
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "gap"]
+    assert record.levelname == "WARNING" and "not recovered" in record.getMessage()
+    assert (record.stream, record.first, record.last) == (channel(server), 1, 4)  # type: ignore[attr-defined]
