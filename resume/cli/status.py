@@ -13,6 +13,7 @@ from resume.cli.options import add_db_option
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from resume.store.streams import ConsumerState, ProducerState
     from resume.store.transfers import TransferSummary
 
 
@@ -22,8 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="show transfers in the state store",
         description=(
             "Show every transfer this machine knows: state, committed bytes, chunk counts, "
-            "whole-file checksum, last update and last error. Reads the store without "
-            "blocking a running upload."
+            "whole-file checksum, last update and last error; then, if there are any, the "
+            "durable stream producers (messages waiting for the server) and consumer "
+            "positions. Reads the store without blocking a running upload or stream."
         ),
     )
     parser.add_argument(
@@ -31,6 +33,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_db_option(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list for scripts")
+    parser.add_argument(
+        "--streams",
+        action="store_true",
+        help=(
+            "only the stream state: producers and consumers (with --json: an object "
+            '{"producers": [...], "consumers": [...]})'
+        ),
+    )
     parser.set_defaults(run=run)
 
 
@@ -40,16 +50,83 @@ def run(args: argparse.Namespace) -> int:
     from resume.store import open_store, store_exists
 
     summaries: list[TransferSummary] = []
+    producers: list[ProducerState] = []
+    consumers: list[ConsumerState] = []
     if store_exists(args.db):
         with open_store(args.db, readonly=True) as store:
-            summaries = store.transfers.summaries(args.file_id)
+            if not args.streams:
+                summaries = store.transfers.summaries(args.file_id)
+            if args.streams or not args.file_id:
+                producers = store.stream_client.producers()
+                consumers = store.stream_client.consumers()
     if args.json:
-        json.dump([as_json(s) for s in summaries], sys.stdout, indent=2)
+        document: object = (
+            {
+                "producers": [producer_json(p) for p in producers],
+                "consumers": [consumer_json(c) for c in consumers],
+            }
+            if args.streams
+            else [as_json(s) for s in summaries]
+        )
+        json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    else:
-        # Piped output is read by tools like grep: do not wrap it to an imaginary 80 columns.
-        Console(width=None if sys.stdout.isatty() else 200).print(as_table(summaries))
+        return 0
+    # Piped output is read by tools like grep: do not wrap it to an imaginary 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    if not args.streams:
+        console.print(as_table(summaries))
+    if args.streams or producers or consumers:
+        console.print(streams_table(producers, consumers))
     return 0
+
+
+def producer_json(p: ProducerState) -> dict[str, object]:
+    """The machine-readable form of one durable producer."""
+    return {
+        "client_id": p.client_id,
+        "channel": p.channel,
+        "last_seq": p.last_seq,
+        "acked": p.acked,
+        "pending": p.pending,
+        "updated_at": iso_utc(p.timestamp),
+    }
+
+
+def consumer_json(c: ConsumerState) -> dict[str, object]:
+    """The machine-readable form of one consumer position."""
+    return {
+        "consumer": c.consumer,
+        "channel": c.channel,
+        "seq": c.seq,
+        "updated_at": iso_utc(c.timestamp),
+    }
+
+
+def streams_table(producers: list[ProducerState], consumers: list[ConsumerState]) -> Table:
+    """Producers and consumers in one table: who, which channel, how far, since when."""
+    from rich.table import Table
+
+    from resume.store.models import utcnow
+
+    empty = not producers and not consumers
+    table = Table(title="streams (none)" if empty else "streams", title_justify="left")
+    for column in ("role", "name", "channel", "position", "waiting", "updated"):
+        table.add_column(column, no_wrap=True)
+    now = utcnow()
+    for p in producers:
+        table.add_row(
+            "producer",
+            p.client_id,
+            p.channel,
+            f"sent {p.last_seq}, acked {p.acked}",
+            f"{p.pending} message(s)" if p.pending else "-",
+            relative_time(p.timestamp, now),
+        )
+    for c in consumers:
+        table.add_row(
+            "consumer", c.consumer, c.channel, f"took {c.seq}", "-", relative_time(c.timestamp, now)
+        )
+    return table
 
 
 def as_json(summary: TransferSummary) -> dict[str, object]:

@@ -276,6 +276,28 @@ class StreamLogRepository:
 
 
 @dataclass(frozen=True, slots=True)
+class ProducerState:
+    """A durable producer as ``resume status --streams`` shows it."""
+
+    client_id: str
+    channel: str
+    last_seq: int  # the last client seq given out
+    acked: int  # the highest one the server confirmed
+    pending: int  # messages in the outbox, waiting for the server
+    timestamp: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """A named consumer's position as ``resume status --streams`` shows it."""
+
+    consumer: str
+    channel: str
+    seq: int
+    timestamp: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Outbox:
     """What a producer left unconfirmed: restored into a new client session."""
 
@@ -421,6 +443,37 @@ class StreamClientRepository:
                 {"consumer": consumer, "channel": channel},
                 {"seq": seq, "timestamp": utcnow()},
             )
+
+    def producers(self) -> list[ProducerState]:
+        """Every durable producer with its seq counter and outbox size."""
+        pending = (
+            select(OUTBOX.c.client_id, OUTBOX.c.channel, func.count().label("n"))
+            .group_by(OUTBOX.c.client_id, OUTBOX.c.channel)
+            .subquery()
+        )
+        query = (
+            select(SEQUENCES, func.coalesce(pending.c.n, 0).label("pending"))
+            .outerjoin(
+                pending,
+                (pending.c.client_id == SEQUENCES.c.client_id)
+                & (pending.c.channel == SEQUENCES.c.channel),
+            )
+            .order_by(SEQUENCES.c.channel, SEQUENCES.c.client_id)
+        )
+        with store_errors(), self.engine.begin() as conn:
+            rows = conn.execute(query).all()
+        return [
+            ProducerState(r.client_id, r.channel, r.last_seq, r.acked_seq, r.pending, r.timestamp)
+            for r in rows
+        ]
+
+    def consumers(self) -> list[ConsumerState]:
+        """Every named consumer's position."""
+        with store_errors(), self.engine.begin() as conn:
+            rows = conn.execute(
+                select(CURSORS).order_by(CURSORS.c.channel, CURSORS.c.consumer)
+            ).all()
+        return [ConsumerState(r.consumer, r.channel, r.seq, r.timestamp) for r in rows]
 
     def reset_cursor(self, consumer: str, channel: str) -> None:
         """Forget ``consumer``'s position so it starts anew."""

@@ -95,3 +95,28 @@ def test_help_explains_every_command() -> None:
     assert result.returncode == 0
     for command in ("status", "db"):
         assert command in result.stdout
+
+
+def test_status_shows_stream_producers_and_consumers(db_url: str) -> None:
+    """Messages waiting for the server and consumer positions appear; the transfer JSON stays a list."""
+    url = "ws://127.0.0.1:8765/streams/orders"
+    with open_store(db_url) as store:
+        store.stream_client.add("shop-1", url, [(1, '"a"'), (2, '"b"'), (3, '"c"')])
+        store.stream_client.confirm("shop-1", url, 1)
+        store.stream_client.set_cursor("billing", url, 41)
+
+    result = resume("status", "--streams", "--json", "--db", db_url)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    [producer] = document["producers"]
+    assert (producer["client_id"], producer["channel"]) == ("shop-1", url)
+    assert (producer["last_seq"], producer["acked"], producer["pending"]) == (3, 1, 2)
+    [consumer] = document["consumers"]
+    assert (consumer["consumer"], consumer["seq"]) == ("billing", 41)
+    assert consumer["updated_at"].endswith("Z") or "+00:00" in consumer["updated_at"]
+
+    assert json.loads(resume("status", "--json", "--db", db_url).stdout) == []
+    table = resume("status", "--db", db_url)
+    assert table.returncode == 0
+    assert "shop-1" in table.stdout and "2 message(s)" in table.stdout
+    assert "billing" in table.stdout and "took 41" in table.stdout
