@@ -43,6 +43,7 @@ MAX_CLIENT_ID = 64
 PUB_QUEUE = 16  # pub frames read ahead of the appender (then the reader waits: backpressure)
 PUSH_FRAME_BYTES = 512 * 1024  # a msgs frame stays near this size (one bigger message alone)
 RECENT = 8192  # newest messages per channel kept in memory for subscribers that keep up
+RECENT_BYTES = 8 * 2**20  # ... and at most this many bytes of them
 
 
 class Channel:
@@ -56,14 +57,22 @@ class Channel:
         self.name = name
         self.head = head
         self.lock = asyncio.Lock()  # one append at a time: seqs are assigned in commit order
-        self.recent: deque[LoggedMessage] = deque(maxlen=recent)  # consecutive seqs
+        self.recent: deque[LoggedMessage] = deque()  # consecutive seqs
+        self.recent_limit = recent
+        self.recent_bytes = 0
         self._changed = asyncio.Event()
 
     def remember(self, first: int, texts: list[str], timestamp: float) -> None:
         """Newly stored messages with seqs ``first, first+1, ...``."""
-        if self.recent and self.recent[-1].seq + 1 != first:
-            self.recent.clear()  # keep the cache contiguous
-        self.recent.extend(LoggedMessage(first + i, t, timestamp) for i, t in enumerate(texts))
+        recent = self.recent
+        if recent and recent[-1].seq + 1 != first:
+            recent.clear()  # keep the cache contiguous
+            self.recent_bytes = 0
+        for i, text in enumerate(texts):
+            recent.append(LoggedMessage(first + i, text, timestamp))
+            self.recent_bytes += len(text)
+        while recent and (len(recent) > self.recent_limit or self.recent_bytes > RECENT_BYTES):
+            self.recent_bytes -= len(recent.popleft().data)
 
     def cached_after(self, position: int, limit: int) -> list[LoggedMessage] | None:
         """Up to ``limit`` messages after ``position`` from memory; None if not all there."""
