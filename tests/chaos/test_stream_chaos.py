@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from resume.store import open_store
 from resume.stream.backoff import Backoff
 from resume.stream.client import StreamClient, StreamOptions
 from tests.chaos.proxy import FaultProxy, ThreadedProxy
-from tests.processes import REPO, ServeProcess, resume_cmd, resume_env, run_resume
+from tests.processes import REPO, ServeProcess, resume_cmd, resume_env, run_resume, wait_until
 
 CHANNEL = "orders"
 FAST = StreamOptions(
@@ -119,15 +119,6 @@ def assert_exactly_once_in_order(values: list[int], total: int) -> None:
         f"{duplicates[:10]}, {len(missing)} missing {missing[:10]}, first difference at index "
         f"{first_bad}: {values[max(0, first_bad - 3) : first_bad + 3]}"
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Child:

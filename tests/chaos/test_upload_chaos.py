@@ -14,13 +14,12 @@ import random
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.chaos.proxy import ThreadedProxy
-from tests.processes import ServeProcess, run_resume, start_upload, stop
+from tests.processes import ServeProcess, run_resume, start_upload, stop, wait_until
 
 SIZE = 208 * 2**20 + 12_345  # over 200 MiB, and not a whole number of chunks
 CHUNK = 256 * 1024
@@ -48,15 +47,6 @@ def client_chunks(client_db: Path) -> dict[int, str]:
             return dict(conn.execute("SELECT chunk_index, state FROM chunks"))
         except sqlite3.OperationalError:
             return {}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
