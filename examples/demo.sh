@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on embedded defaults: a local server on 127.0.0.1, a SQLite state
 # store, a 256 MiB file uploaded, interrupted with Ctrl-C (SIGINT), resumed by running the same
-# command again, verified, and inspected with `resume status`. Everything lives in ./demo.
+# command again, verified, and inspected with `resume status`; then five lines go through a
+# stream channel with `resume send` and `resume tail`. Everything lives in ./demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESUME="${RESUME:-.venv/bin/resume}"
@@ -44,3 +45,13 @@ echo "== 5. run the same command again: it resumes from the breakpoint"
 echo "== 6. the server verified it (xxh3-128) before renaming it into place; compare anyway"
 cmp "$DEMO/data.bin" "$DEMO/received/data.bin" && echo "   byte-identical"
 "$RESUME" status
+
+echo "== 7. the other half: a stream channel on the same server"
+CHANNEL="${URL}/streams/demo"
+seq 1 5 | "$RESUME" send "$CHANNEL"
+echo "   published 5 lines with resume send (each acknowledged once stored on the server)"
+echo "   resume tail prints them and keeps consumer 'demo-reader' at the last one it took:"
+"$RESUME" tail "$CHANNEL" --consumer demo-reader --from-start --count 3 | sed 's/^/     /'
+echo "   run again, it continues after that position:"
+"$RESUME" tail "$CHANNEL" --consumer demo-reader --count 2 | sed 's/^/     /'
+"$RESUME" status --streams
