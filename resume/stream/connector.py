@@ -54,7 +54,9 @@ class ConnectOptions:
     """How each connection is opened and kept alive.
 
     Heartbeats are websockets' ping/pong: a dead link that sends nothing is detected within
-    ``ping_interval + ping_timeout`` seconds.
+    ``ping_interval + ping_timeout + close_timeout`` seconds (after a missed pong, websockets
+    sends a close frame and waits ``close_timeout`` for an answer a dead link never gives, so
+    that wait is kept short).
     """
 
     token: str | None = None  # sent as "Authorization: Bearer <token>"
@@ -62,7 +64,7 @@ class ConnectOptions:
     open_timeout: float = 10.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
-    close_timeout: float = 5.0
+    close_timeout: float = 1.0
     max_size: int | None = 2**20  # largest message accepted from the server
     max_queue: int = 32
     write_limit: int = 2**20  # bytes buffered before send() waits for the socket

@@ -467,3 +467,34 @@ async def test_events_are_logged_as_structured_records(
     [record] = [r for r in caplog.records if getattr(r, "event", None) == "gap"]
     assert record.levelname == "WARNING" and "not recovered" in record.getMessage()
     assert (record.stream, record.first, record.last) == (channel(server), 1, 4)  # type: ignore[attr-defined]
+
+
+async def test_a_silent_dead_link_is_detected_by_heartbeats_and_recovered(
+    server: RunningServer, proxy: FaultProxy
+) -> None:
+    """A link that stops moving bytes is dropped within the heartbeat bound, then healed."""
+    events: list[StreamEvent] = []
+    heartbeat = ConnectOptions(
+        ping_interval=0.2, ping_timeout=0.2, close_timeout=0.3, open_timeout=2.0, max_size=2**22
+    )
+    url = channel(f"ws://127.0.0.1:{proxy.port}")
+    async with (
+        StreamClient(
+            url, start="start", options=options(connect=heartbeat), on_event=events.append
+        ) as consumer,
+        StreamClient(channel(server), subscribe=False, options=options()) as producer,
+    ):
+        await producer.send("before")
+        assert await take(consumer, 1) == ["before"]
+        proxy.stall()
+        stalled_at = asyncio.get_running_loop().time()
+        while not any(e.kind == "disconnected" for e in events):
+            assert asyncio.get_running_loop().time() - stalled_at < 3, "dead link not detected"
+            await asyncio.sleep(0.05)
+        detected = asyncio.get_running_loop().time() - stalled_at
+        proxy.cut()
+        proxy.unstall()
+        await producer.send("after")
+        assert await take(consumer, 1) == ["after"]
+    assert detected < 1.5
+    assert consumer.stats.reconnects >= 1
