@@ -132,6 +132,7 @@ async def _send(args: argparse.Namespace) -> int:
         token=args.token,
         options=_options(args),
     )
+    progress = asyncio.create_task(_show_progress(client)) if sys.stderr.isatty() else None
     try:
         await client.start()
         pump = asyncio.create_task(_pump_stdin(client, sys.stdin.buffer, as_json=args.json))
@@ -150,9 +151,29 @@ async def _send(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     finally:
+        if progress is not None:
+            progress.cancel()
+            sys.stderr.write("\r\033[K")  # leave no half line behind
+            _progress_line(client, final=True)
         await client.close()
         if store is not None:
             store.close()
+
+
+async def _show_progress(client: StreamClient) -> None:
+    """On a terminal: how many lines were read and how many the server has acknowledged."""
+    while True:
+        _progress_line(client)
+        await asyncio.sleep(0.5)
+
+
+def _progress_line(client: StreamClient, *, final: bool = False) -> None:
+    stats = client.stats
+    line = f"{stats.acked} of {stats.sent} message(s) acknowledged"
+    if stats.reconnects:
+        line += f", {stats.reconnects} reconnect(s)"
+    sys.stderr.write(("" if final else "\r\033[K") + line + ("\n" if final else ""))
+    sys.stderr.flush()
 
 
 async def _pump_stdin(client: StreamClient, stream: BinaryIO, *, as_json: bool) -> int:

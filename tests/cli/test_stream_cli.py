@@ -311,3 +311,33 @@ def outbox_size(db: Path) -> int:
             return conn.execute("SELECT count(*) FROM stream_outbox").fetchone()[0]
         except sqlite3.OperationalError:  # not migrated yet
             return 0
+
+
+def test_send_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a terminal, send reports acknowledged of sent, ending with the total."""
+    import os
+    import pty
+
+    with ServeProcess(tmp_path / "srv") as server:
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                resume_cmd("send", channel(server)),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=follower,
+                env=resume_env(),
+            )
+            proc.communicate("\n".join(str(i) for i in range(1000)).encode(), timeout=60)
+            os.close(follower)
+            follower = -1
+            seen = b""
+            with contextlib.suppress(OSError):  # EIO once the child's side is closed
+                while chunk := os.read(leader, 4096):
+                    seen += chunk
+        finally:
+            os.close(leader)
+            if follower >= 0:
+                os.close(follower)
+    assert proc.returncode == 0
+    assert b"1000 of 1000 message(s) acknowledged\r\n" in seen
