@@ -341,3 +341,17 @@ def test_send_shows_progress_on_a_terminal(tmp_path: Path) -> None:
                 os.close(follower)
     assert proc.returncode == 0
     assert b"1000 of 1000 message(s) acknowledged\r\n" in seen
+
+
+@pytest.mark.parametrize("command", ["send", "tail"])
+def test_give_up_after_stops_retrying_an_unreachable_server(tmp_path: Path, command: str) -> None:
+    """With --give-up-after, an unreachable server is a clear exit 1, not a retry forever."""
+    extra = ["--consumer", "c", "--db", str(tmp_path / "t.db")] if command == "tail" else []
+    started = time.monotonic()
+    result = run_resume(
+        command, "ws://127.0.0.1:1/streams/x", *extra,
+        "--give-up-after", "1s", "--max-retry-delay", "0.2", input="hi\n", timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("resume: error: cannot connect")
+    assert time.monotonic() - started < 15
