@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from resume.errors import ProtocolError
 from resume.store import Store
@@ -79,3 +82,33 @@ def test_cursor_set_get_reset(store: Store) -> None:
     assert (repo.cursor("c1", "u"), repo.cursor("c1", "v")) == (7, 1)
     repo.reset_cursor("c1", "u")
     assert repo.cursor("c1", "u") is None
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["p1", "p2"]), st.integers(0, 4), st.integers(1, 5)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_any_replay_pattern_stores_each_message_once_in_order(
+    store: Store, batches: list[tuple[str, int, int]]
+) -> None:
+    """Producers resending overlapping batches (as after reconnects) never store a message twice."""
+    channel = f"c-{uuid.uuid4().hex}"  # one store serves every example: a fresh channel each
+    sent = {"p1": 0, "p2": 0}  # the highest client seq each producer has made up
+    for producer, back, size in batches:
+        stored = store.streams.producer_seq(channel, producer)
+        first = max(1, stored + 1 - back)  # a replay starts at or before the next new seq
+        items = [f'"{producer}-{seq}"' for seq in range(first, first + size)]
+        result = store.streams.append(channel, producer, first, items)
+        assert result.stored == max(stored, first + size - 1)
+        sent[producer] = max(sent[producer], first + size - 1)
+    log = [m.data.strip('"') for m in store.streams.read(channel, 0, 10_000)]
+    for producer, last in sent.items():
+        mine = [entry for entry in log if entry.startswith(producer)]
+        assert mine == [f"{producer}-{seq}" for seq in range(1, last + 1)]
+    assert [m.seq for m in store.streams.read(channel, 0, 10_000)] == list(range(1, len(log) + 1))
