@@ -68,3 +68,19 @@ def field(message: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) 
             close_code=CloseCode.PROTOCOL_ERROR,
         )
     return value
+
+
+def is_seq(value: Any, *, minimum: int = 0) -> bool:
+    """Whether ``value`` is a seq: an integer (not a bool) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def seq_field(message: Mapping[str, Any], name: str, *, minimum: int = 0) -> int:
+    """``message[name]``, checked to be a seq; raise :class:`ProtocolError` (1002) if not."""
+    value = message.get(name)
+    if not is_seq(value, minimum=minimum):
+        raise ProtocolError(
+            f"{message.get('type')!r}: {name!r} must be an integer >= {minimum}, got {value!r}",
+            close_code=CloseCode.PROTOCOL_ERROR,
+        )
+    return value

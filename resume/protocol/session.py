@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resume.errors import ProtocolError, StreamReset
-from resume.protocol.frames import CloseCode
+from resume.protocol.frames import CloseCode, seq_field
 
 
 class SessionState(enum.StrEnum):
@@ -96,13 +96,6 @@ class Received:
 
 def _protocol_error(message: str) -> ProtocolError:
     return ProtocolError(message, close_code=CloseCode.PROTOCOL_ERROR)
-
-
-def _int(message: dict[str, Any], name: str) -> int:
-    value = message.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _protocol_error(f"{message.get('type')!r}: {name!r} must be a non-negative integer")
-    return value
 
 
 class ClientSession:
@@ -236,9 +229,9 @@ class ClientSession:
         if kind == "welcome":
             if self.state is not SessionState.HANDSHAKING:
                 raise _protocol_error(f"welcome while {self.state}")
-            result.newly_acked = self._confirm(_int(message, "acked"))
-            position = _int(message, "position")
-            last = _int(message, "last")
+            result.newly_acked = self._confirm(seq_field(message, "acked"))
+            position = seq_field(message, "position")
+            last = seq_field(message, "last")
             if self.position is not None and self.position > last:
                 raise StreamReset(
                     f"the server's log ends at seq {last} but this consumer already took "
@@ -254,9 +247,9 @@ class ClientSession:
         elif self.state is not SessionState.OPEN and self.state is not SessionState.CLOSED:
             raise _protocol_error(f"{kind!r} before welcome")
         elif kind == "ack":
-            result.newly_acked = self._confirm(_int(message, "seq"))
+            result.newly_acked = self._confirm(seq_field(message, "seq"))
         elif kind == "msgs":
-            first = _int(message, "first")
+            first = seq_field(message, "first")
             data = message.get("data")
             stamps = message.get("ts")
             if not isinstance(data, list) or not data:
@@ -266,7 +259,7 @@ class ClientSession:
             for offset, item in enumerate(data):
                 self._deliver(first + offset, item, stamps[offset], result)
         elif kind == "gap":
-            first, last = _int(message, "first"), _int(message, "last")
+            first, last = seq_field(message, "first"), seq_field(message, "last")
             if last < first:
                 raise _protocol_error("'gap': last before first")
             assert self.position is not None

@@ -13,12 +13,13 @@ are never reused), and each named consumer's position in each channel.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    DateTime,
     Engine,
     Table,
     bindparam,
@@ -28,7 +29,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Compiled
+from sqlalchemy.engine import Compiled, CursorResult
+from sqlalchemy.sql import Executable
 
 from resume.errors import ProtocolError
 from resume.store.errors import store_errors
@@ -85,48 +87,50 @@ class LoggedMessage:
     timestamp: float
 
 
-def _insert_messages(
-    conn: Connection,
-    channel: str,
-    producer: str,
-    first_seq: int,
-    first_producer_seq: int,
-    texts: Sequence[str],
-    now: dt.datetime,
-) -> None:
-    """INSERT a batch of log rows with seqs ``first_seq, first_seq+1, ...`` in one executemany.
+class _DriverStatement:
+    """A statement compiled once per dialect and handed to the driver as it is.
 
-    SQLAlchemy's per-row parameter processing was half the cost of storing a batch; here the
-    statement is compiled once per dialect, the batch's one timestamp is converted once, and
-    each row is a plain tuple or dict for the driver, so the SQL stays dialect-neutral.
+    SQLAlchemy's per-row parameter processing was half the cost of storing a batch of log rows
+    (and most of a cursor write). Here rows are plain dicts turned into the dialect's parameter
+    form, and values that need conversion (timestamps) are converted once by the caller with
+    :func:`_driver_time`, so the SQL stays dialect-neutral.
     """
-    dialect = conn.dialect
-    compiled = _COMPILED.get(dialect.name)
-    if compiled is None:
-        compiled = _COMPILED.setdefault(dialect.name, MESSAGES.insert().compile(dialect=dialect))
-    convert = MESSAGES.c.timestamp.type.dialect_impl(dialect).bind_processor(dialect)
-    stamp = convert(now) if convert else now
-    rows = (
-        {
-            "channel": channel,
-            "seq": first_seq + i,
-            "producer": producer,
-            "producer_seq": first_producer_seq + i,
-            "data": data,
-            "timestamp": stamp,
-        }
-        for i, data in enumerate(texts)
+
+    def __init__(self, build: Callable[[], Executable]) -> None:
+        self.build = build
+        self.compiled: dict[str, Compiled] = {}
+
+    def execute(self, conn: Connection, rows: list[dict[str, Any]]) -> CursorResult[Any]:
+        """Run for one row (execute) or many (executemany)."""
+        dialect = conn.dialect
+        compiled = self.compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self.compiled.setdefault(dialect.name, self.build().compile(dialect=dialect))
+        if compiled.positional:
+            names = compiled.positiontup or ()
+            params: list[Any] = [tuple(row[name] for name in names) for row in rows]
+        else:
+            params = rows
+        return conn.exec_driver_sql(str(compiled), params[0] if len(params) == 1 else params)
+
+
+def _driver_time(conn: Connection, now: dt.datetime) -> Any:
+    """``now`` as the driver takes a timestamp column's value on this connection's dialect."""
+    convert = DateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    return convert(now) if convert else now
+
+
+_INSERT_MESSAGES = _DriverStatement(MESSAGES.insert)
+_UPDATE_CURSOR = _DriverStatement(
+    lambda: (
+        update(CURSORS)
+        .where(
+            CURSORS.c.consumer == bindparam("k_consumer"),
+            CURSORS.c.channel == bindparam("k_channel"),
+        )
+        .values(seq=bindparam("seq"), timestamp=bindparam("timestamp"))
     )
-    if compiled.positional:
-        names = compiled.positiontup or ()
-        params: list[Any] = [tuple(row[name] for name in names) for row in rows]
-    else:
-        params = list(rows)
-    conn.exec_driver_sql(str(compiled), params)
-
-
-_COMPILED: dict[str, Compiled] = {}
-_CURSOR_UPDATE: dict[str, Compiled] = {}
+)
 
 
 def _upsert(conn: Connection, table: Table, key: dict[str, Any], values: dict[str, Any]) -> None:
@@ -201,8 +205,21 @@ class StreamLogRepository:
             if not new:
                 return Appended(already, 0, 0, ChannelHead(first, last))
             producer_last = first_seq + len(items) - 1
-            _insert_messages(
-                conn, channel, client_id, last + 1, producer_last - len(new) + 1, new, now
+            stamp = _driver_time(conn, now)
+            first_producer_seq = producer_last - len(new) + 1
+            _INSERT_MESSAGES.execute(
+                conn,
+                [
+                    {
+                        "channel": channel,
+                        "seq": last + 1 + i,
+                        "producer": client_id,
+                        "producer_seq": first_producer_seq + i,
+                        "data": data,
+                        "timestamp": stamp,
+                    }
+                    for i, data in enumerate(new)
+                ],
             )
             new_last = last + len(new)
             if keep is not None and new_last - first + 1 > keep:
@@ -408,40 +425,20 @@ class StreamClientRepository:
         UPDATE compiled once and handed to the driver as it is.
         """
         with store_errors(), self.engine.begin() as conn:
-            dialect = conn.dialect
-            compiled = _CURSOR_UPDATE.get(dialect.name)
-            if compiled is None:
-                statement = (
-                    update(CURSORS)
-                    .where(
-                        CURSORS.c.consumer == bindparam("k_consumer"),
-                        CURSORS.c.channel == bindparam("k_channel"),
-                    )
-                    .values(seq=bindparam("seq"), timestamp=bindparam("timestamp"))
-                )
-                compiled = _CURSOR_UPDATE.setdefault(
-                    dialect.name, statement.compile(dialect=dialect)
-                )
-            convert = CURSORS.c.timestamp.type.dialect_impl(dialect).bind_processor(dialect)
             now = utcnow()
-            values = {
+            row = {
                 "seq": seq,
-                "timestamp": convert(now) if convert else now,
+                "timestamp": _driver_time(conn, now),
                 "k_consumer": consumer,
                 "k_channel": channel,
             }
-            params: Any = (
-                tuple(values[name] for name in compiled.positiontup or ())
-                if compiled.positional
-                else values
-            )
-            if conn.exec_driver_sql(str(compiled), params).rowcount:
+            if _UPDATE_CURSOR.execute(conn, [row]).rowcount:
                 return
             _upsert(
                 conn,
                 CURSORS,
                 {"consumer": consumer, "channel": channel},
-                {"seq": seq, "timestamp": utcnow()},
+                {"seq": seq, "timestamp": now},
             )
 
     def producers(self) -> list[ProducerState]:

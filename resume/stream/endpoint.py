@@ -208,7 +208,7 @@ class StreamConnection:
             if kind == "pub":
                 await self.pubs.put(self.parse_pub(message))
             elif kind == "ack":
-                self.on_ack(_seq(message, "seq", minimum=0))
+                self.on_ack(frames.seq_field(message, "seq"))
             else:
                 raise ProtocolError(
                     f"unexpected {kind!r} message", close_code=CloseCode.PROTOCOL_ERROR
@@ -226,7 +226,7 @@ class StreamConnection:
                 close_code=CloseCode.PROTOCOL_ERROR,
             )
         after = hello.get("after", "end")
-        if not (after in ("start", "end") or _is_seq(after, minimum=0)):
+        if not (after in ("start", "end") or frames.is_seq(after)):
             raise ProtocolError(
                 f'hello: \'after\' must be a seq, "start" or "end", got {after!r}',
                 close_code=CloseCode.PROTOCOL_ERROR,
@@ -262,7 +262,7 @@ class StreamConnection:
     @staticmethod
     def parse_pub(message: dict[str, Any]) -> tuple[int, list[str]]:
         """The first client seq and the messages (as JSON texts) of a ``pub`` frame."""
-        first = _seq(message, "seq", minimum=1)
+        first = frames.seq_field(message, "seq", minimum=1)
         data = message.get("data")
         if not isinstance(data, list) or not data:
             raise ProtocolError(
@@ -364,17 +364,3 @@ def _msgs_frame(rows: list[LoggedMessage]) -> str:
     data = ",".join(row.data for row in rows)
     stamps = ",".join(f"{row.timestamp:.6f}" for row in rows)
     return f'{{"type":"msgs","first":{rows[0].seq},"data":[{data}],"ts":[{stamps}]}}'
-
-
-def _is_seq(value: Any, *, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _seq(message: dict[str, Any], name: str, *, minimum: int) -> int:
-    value = message.get(name)
-    if not _is_seq(value, minimum=minimum):
-        raise ProtocolError(
-            f"{message.get('type')!r}: {name!r} must be an integer >= {minimum}",
-            close_code=CloseCode.PROTOCOL_ERROR,
-        )
-    return value
