@@ -44,7 +44,7 @@ from resume.errors import (
     UsageError,
 )
 from resume.protocol import frames
-from resume.protocol.session import ClientSession, Gap, Message, Start
+from resume.protocol.session import ClientSession, Gap, Message, SessionState, Start
 from resume.store import Store
 from resume.stream.backoff import Backoff
 from resume.stream.connector import (
@@ -131,8 +131,8 @@ class StreamClient:
 
     ``key`` names this stream's durable state (default: the URL). ``client_id`` names this
     producer to the server (dedup of replays): a stable one needs ``store`` (the seq counter
-    must survive the process); without one a random id is made per client. ``consumer`` names the position kept in ``store``.
-    ``start`` is where a consumer without a stored position begins: ``"end"`` (only new
+    must survive the process); without one a random id is made per client. ``consumer`` names
+    the position kept in ``store``. ``start`` is where a consumer without a stored position begins: ``"end"`` (only new
     messages) or ``"start"`` (the oldest the server still keeps). ``subscribe=False`` makes a
     producer that receives nothing. ``on_gap``: called for ranges the server trimmed before we
     took them; without it the iterator raises :class:`resume.errors.GapError` once per gap (you
@@ -314,26 +314,26 @@ class StreamClient:
 
     async def send_many(self, items: Iterable[Any]) -> list[int]:
         """Queue several messages at once (one store commit in durable mode)."""
-        texts = [self._encode(item) for item in items]
+        encoded = [self._encode(item) for item in items]  # (JSON text, its size in bytes)
         session = self._usable_session()
         if self.store is not None and self._random_id:
             raise UsageError("durable sends need a stable client_id; this client has none")
         if self._closing:
             raise ClientClosed("the client is closing; it takes no more messages")
         async with self._send_lock:
-            await self._wait_for_room(len(texts))
+            await self._wait_for_room(len(encoded))
             first = session.last_seq + 1
-            seqs = list(range(first, first + len(texts)))
+            seqs = list(range(first, first + len(encoded)))
             if self.store is not None:
                 await asyncio.to_thread(
                     self.store.stream_client.add,
                     self.client_id,
                     self.key,
-                    list(zip(seqs, texts, strict=True)),
+                    [(seq, text) for seq, (text, _) in zip(seqs, encoded, strict=True)],
                 )
-            for text in texts:
-                session.send(text, len(text.encode()))
-        self.stats.sent += len(texts)
+            for text, size in encoded:
+                session.send(text, size)
+        self.stats.sent += len(encoded)
         self.stats.buffered = session.unacked
         self._wake.set()
         if session.unwritten >= session.max_batch:
@@ -350,17 +350,19 @@ class StreamClient:
             )
         self._raise_if_failed()
 
-    def _encode(self, data: Any) -> str:
+    def _encode(self, data: Any) -> tuple[str, int]:
+        """The message as compact JSON, and its size in UTF-8 bytes (checked against the limit)."""
         try:
             text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"message is not JSON-serializable: {exc}") from exc
-        if len(text.encode()) > self.options.max_message_bytes:
+        size = len(text.encode())
+        if size > self.options.max_message_bytes:
             raise UsageError(
-                f"message of {len(text.encode())} bytes is larger than the limit of "
+                f"message of {size} bytes is larger than the limit of "
                 f"{self.options.max_message_bytes}"
             )
-        return text
+        return text, size
 
     async def _wait_for_room(self, count: int) -> None:
         session = self._usable_session()
@@ -395,9 +397,7 @@ class StreamClient:
 
     async def receive(self) -> Message | None:
         """The next message, or None once the client is closed (raises its fatal error)."""
-        if self._held is not None:
-            held, self._held = self._held, None
-            await self._take(held)
+        await self.commit()  # asking for the next one means the previous one was taken
         while True:
             item = await self._inbound.get()
             if self._inbound.qsize() < MAX_QUEUED:
@@ -550,7 +550,10 @@ class StreamClient:
                 await asyncio.wait_for(self._wake.wait(), budget)
 
     def _connected(self) -> bool:
-        return self.session is not None and self.session.state.value in ("open", "handshaking")
+        return self.session is not None and self.session.state in (
+            SessionState.OPEN,
+            SessionState.HANDSHAKING,
+        )
 
     # -- errors and events -----------------------------------------------------------------------
 
@@ -565,10 +568,8 @@ class StreamClient:
             raise self._error
 
     def _connection_event(self, event: ConnectionEvent) -> None:
-        if event.kind == "connected":
-            self.stats.connects += 1
-            if self.stats.connects > 1:
-                self.stats.reconnects += 1
+        counted = self._reconnector.stats  # the reconnect loop counts connections already
+        self.stats.connects, self.stats.reconnects = counted.connects, counted.reconnects
         self._emit(StreamEvent(event.kind, event.attempt, event.error, event.delay))
 
     def _emit(self, event: StreamEvent) -> None:
