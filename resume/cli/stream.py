@@ -140,7 +140,6 @@ async def _send(args: argparse.Namespace) -> int:
         await _until_done_or_interrupted(client, asyncio.create_task(client.flush()))
         # even with nothing to send, exit 0 only once the server accepted us (token, path)
         await _until_done_or_interrupted(client, asyncio.create_task(client.ready()))
-        await client.close()
         return 0
     except Interrupted:
         left = await client.close(timeout=3)
@@ -267,8 +266,7 @@ async def _tail(args: argparse.Namespace) -> int:
                 client, asyncio.create_task(_print(client, args.count))
             )
         except Interrupted:
-            await client.close()
-            return EXIT_INTERRUPTED
+            return EXIT_INTERRUPTED  # closing (below) saves the position of the last line
         except BrokenPipeError:
             await client.close(take_held=False)  # the last line may not have been read
             return 0

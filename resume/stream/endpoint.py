@@ -18,7 +18,6 @@ other connection goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import json
@@ -30,6 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from resume.errors import ProtocolError, StoreError
+from resume.housekeeping import Housekeeping
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.store import Store
@@ -113,12 +113,13 @@ class StreamEndpoint:
         self.window = window
         self.read_batch = read_batch
         self.channels: dict[str, Channel] = {}
-        self._expiry: asyncio.Task[None] | None = None
+        self._expiry = Housekeeping(
+            self.expire_old, age=retention_age, what="trimming stream logs", errors=(StoreError,)
+        )
 
     async def handle(self, connection: ServerConnection, argument: str) -> None:
         """Serve one client connection to channel ``argument`` until it ends."""
-        if self._expiry is None and self.retention_age:
-            self._expiry = asyncio.create_task(self._expire_forever())
+        self._expiry.ensure_started()
         await StreamConnection(self, connection, argument).run()
 
     async def channel(self, name: str) -> Channel:
@@ -143,20 +144,7 @@ class StreamEndpoint:
 
     async def close(self) -> None:
         """Stop the retention task (connections are closed by the server)."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
-
-    async def _expire_forever(self) -> None:
-        assert self.retention_age
-        interval = max(0.5, min(self.retention_age / 4, 60.0))
-        while True:
-            try:
-                await self.expire_old()
-            except StoreError:
-                log.exception("trimming stream logs failed")
-            await asyncio.sleep(interval)
+        await self._expiry.stop()
 
 
 class StreamConnection:

@@ -30,6 +30,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from resume.errors import ProtocolError, StoreError
+from resume.housekeeping import Housekeeping
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.protocol.ledger import chunk_count
@@ -136,12 +137,16 @@ class UploadEndpoint:
         self.expire = expire
         self.active: dict[str, IncomingFile] = {}
         self.connections: set[Connection] = set()
-        self._expiry: asyncio.Task[None] | None = None
+        self._expiry = Housekeeping(
+            self.expire_idle,
+            age=expire,
+            what="expiring idle partial uploads",
+            errors=(OSError, StoreError),
+        )
 
     async def handle(self, connection: ServerConnection, argument: str) -> None:
         """Serve one client connection until it ends."""
-        if self._expiry is None and self.expire:
-            self._expiry = asyncio.create_task(self._expire_forever())
+        self._expiry.ensure_started()
         handler = Connection(self, connection)
         self.connections.add(handler)
         try:
@@ -151,10 +156,7 @@ class UploadEndpoint:
 
     async def close(self) -> None:
         """Stop the expiry task (connections are closed by the server)."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        await self._expiry.stop()
 
     def partial_path(self, file_id: str) -> Path:
         return self.partial_dir / f"{file_id}.part"
@@ -188,16 +190,6 @@ class UploadEndpoint:
     def _drop(self, file_id: str) -> None:
         self.partial_path(file_id).unlink(missing_ok=True)
         self.repo.delete(file_id)
-
-    async def _expire_forever(self) -> None:
-        assert self.expire
-        interval = max(0.5, min(self.expire / 4, 60.0))
-        while True:
-            try:
-                await self.expire_idle()
-            except (OSError, StoreError):
-                log.exception("expiring idle partial uploads failed")
-            await asyncio.sleep(interval)
 
 
 class Connection:
