@@ -56,6 +56,13 @@ async def take(client: StreamClient, n: int, timeout: float = 20) -> list[Any]:
     return got
 
 
+async def publish(server: RunningServer, items: list[Any], timeout: float = 10) -> None:
+    """Publish ``items`` and wait (at most ``timeout`` s) until the server stored them all."""
+    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
+        await producer.send_many(items)
+        await producer.flush(timeout)
+
+
 def logged(server: RunningServer, name: str = "orders") -> list[Any]:
     """Everything the server's durable log holds for channel ``name``, in seq order."""
     with open_store(server.root / ".resume" / "server.db") as store:
@@ -138,9 +145,7 @@ async def test_gap_from_retention_is_reported_then_delivery_goes_on(
 ) -> None:
     """Trimmed messages raise GapError once with their range; later messages still arrive."""
     server = await start_server(retention_count=5)
-    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
-        await producer.send_many(list(range(20)))
-        await producer.flush(10)
+    await publish(server, list(range(20)))
     # a consumer whose stored position is 3: seqs 4..15 were trimmed meanwhile
     with open_store(server.root.parent / "client.db") as store:
         store.stream_client.set_cursor("late", channel(server), 3)
@@ -157,9 +162,7 @@ async def test_gap_from_retention_is_reported_then_delivery_goes_on(
 async def test_on_gap_callback_instead_of_raising(start_server: StartServer) -> None:
     """With on_gap, the range is handed to the callback and iteration does not stop."""
     server = await start_server(retention_count=3)
-    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
-        await producer.send_many(list(range(10)))
-        await producer.flush(10)
+    await publish(server, list(range(10)))
     gaps: list[Gap] = []
     with open_store(server.root.parent / "client.db") as store:
         store.stream_client.set_cursor("late", channel(server), 0)
@@ -259,9 +262,7 @@ async def test_durable_consumer_continues_after_the_last_message_it_took(
     server: RunningServer, tmp_path: Path
 ) -> None:
     """A consumer's position is saved as it takes messages, so a new process continues there."""
-    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
-        await producer.send_many(list(range(10)))
-        await producer.flush(10)
+    await publish(server, list(range(10)))
     db = tmp_path / "consumer.db"
     with open_store(db) as store:
         async with StreamClient(
@@ -416,9 +417,7 @@ async def test_consumer_ahead_of_a_reset_server_is_a_clear_error(
     """A stored position beyond the server's log (its state was reset) stops with StreamReset."""
     from resume.errors import StreamReset
 
-    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
-        await producer.send_many([1, 2, 3])
-        await producer.flush(5)
+    await publish(server, [1, 2, 3], timeout=5)
     with open_store(tmp_path / "c.db") as store:
         store.stream_client.set_cursor("c", channel(server), 500)
         client = StreamClient(channel(server), consumer="c", store=store, options=options())
@@ -454,9 +453,7 @@ async def test_events_are_logged_as_structured_records(
 ) -> None:
     """A gap is a WARNING record whose fields name the stream, the event and the range."""
     server = await start_server(retention_count=2)
-    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
-        await producer.send_many(list(range(6)))
-        await producer.flush(10)
+    await publish(server, list(range(6)))
     caplog.set_level("INFO", logger="resume.stream")
     with open_store(server.root.parent / "client.db") as store:
         store.stream_client.set_cursor("late", channel(server), 0)

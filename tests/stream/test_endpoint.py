@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from resume.stream.client import StreamClient
 from resume.stream.endpoint import StreamEndpoint
 from tests.stream.conftest import RunningServer, StartServer
-from tests.stream.test_client import channel, logged, options, take
+from tests.stream.test_client import channel, logged, options, publish, take
 from tests.transfer.test_receiver import closed_with, raw, request
 
 
@@ -67,9 +67,7 @@ async def test_unacked_window_stops_the_push_until_the_consumer_acks(
     """A consumer that does not ack gets at most a window of messages."""
     server = await start_server()
     window = inspect.signature(StreamEndpoint).parameters["window"].default
-    async with StreamClient(channel(server), subscribe=False, options=options()) as producer:
-        await producer.send_many(list(range(window + 500)))
-        await producer.flush(10)
+    await publish(server, list(range(window + 500)))
     consumer, _ = await joined(server, client_id="slow", after="start")
     received = 0
     while received < window:
