@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         with open_store(args.db, readonly=True) as store:
             if not args.streams:
                 summaries = store.transfers.summaries(args.file_id)
-            if args.streams or not args.file_id:
+            if args.streams or not (args.file_id or args.json):  # shown: the JSON list has none
                 producers = store.stream_client.producers()
                 consumers = store.stream_client.consumers()
     if args.json:

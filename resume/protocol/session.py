@@ -307,10 +307,6 @@ class ClientSession:
         self._acked_in = self.taken
         return {"type": "ack", "seq": self.taken}
 
-    def pending(self) -> list[tuple[int, Any]]:
-        """Outbound messages not yet confirmed, as (client seq, data)."""
-        return [(seq, data) for seq, data, _ in self._outbox]
-
     def _check_usable(self) -> None:
         if self._error is not None:
             raise ProtocolError(
