@@ -52,7 +52,7 @@ REPO = HERE.parent
 PYTHON = sys.executable
 sys.path.insert(0, str(REPO))  # run from anywhere: this checkout's `resume`
 
-from resume.stream.backoff import Backoff  # noqa: E402
+from resume.net.backoff import Backoff  # noqa: E402
 from resume.stream.client import StreamClient, StreamEvent, StreamOptions  # noqa: E402
 
 try:

@@ -22,9 +22,9 @@ import sys
 from typing import Any
 
 from resume.errors import FatalError, RetryableError, UsageError
+from resume.net.backoff import Backoff
 from resume.protocol.session import Gap
 from resume.store import Store, open_store
-from resume.stream.backoff import Backoff
 from resume.stream.client import StreamClient, StreamEvent, StreamOptions
 
 log = logging.getLogger("ticker")

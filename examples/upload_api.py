@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from resume.errors import FatalError, Interrupted, RetryableError, SourceChanged
+from resume.net.backoff import Backoff
 from resume.store import open_store
-from resume.stream.backoff import Backoff
 from resume.transfer.plan import collect_jobs
 from resume.transfer.upload import Uploader, UploadOptions
 

@@ -15,8 +15,8 @@ import argparse
 import asyncio
 import sys
 
+from resume.net.backoff import Backoff
 from resume.store import open_store
-from resume.stream.backoff import Backoff
 from resume.stream.client import StreamClient, StreamOptions
 
 

@@ -10,7 +10,7 @@ from resume.cli.format import parse_duration
 from resume.errors import UsageError
 
 if TYPE_CHECKING:
-    from resume.stream.backoff import Backoff
+    from resume.net.backoff import Backoff
 
 DB_HELP = (
     "state database: a SQLAlchemy URL or a file path "
@@ -50,7 +50,7 @@ def add_retry_options(parser: argparse.ArgumentParser) -> None:
 
 def retry_policy(args: argparse.Namespace) -> tuple[Backoff, float | None]:
     """The backoff and give-up time that :func:`add_retry_options` asked for."""
-    from resume.stream.backoff import Backoff
+    from resume.net.backoff import Backoff
 
     if args.max_retry_delay <= 0:
         raise UsageError("--max-retry-delay must be positive")

@@ -13,7 +13,7 @@ from rich.progress import (
 )
 
 from resume.cli.format import format_bytes
-from resume.stream.connector import ConnectionEvent
+from resume.net.connector import ConnectionEvent
 from resume.transfer.plan import FileJob
 from resume.transfer.upload import FileResult
 

@@ -120,7 +120,7 @@ def _add_gc(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace) -> UploadOptions:
     """Validate the command line into :class:`UploadOptions`."""
-    from resume.stream.connector import ConnectOptions
+    from resume.net.connector import ConnectOptions
     from resume.transfer.upload import UploadOptions
 
     try:
@@ -238,9 +238,9 @@ def summary(
 
 
 def run_cancel(args: argparse.Namespace) -> int:
+    from resume.net.connector import ConnectOptions
     from resume.store import open_store
     from resume.store.models import TransferState
-    from resume.stream.connector import ConnectOptions
     from resume.transfer.remote import cancel_on_server
 
     with open_store(args.db) as store:

@@ -8,7 +8,7 @@
             handle(message.data)                  # taken when you ask for the next one
 
 The client keeps one WebSocket session alive across drops with the shared reconnect loop
-(:class:`resume.stream.connector.Reconnector`: exponential backoff with full jitter, a reset
+(:class:`resume.net.connector.Reconnector`: exponential backoff with full jitter, a reset
 only after a connection stayed up, heartbeats, fatal errors raised at once). The seq/ack/replay
 logic is the sans-I/O :class:`resume.protocol.session.ClientSession`; this module only moves
 frames, time and the durable state through it.
@@ -43,17 +43,17 @@ from resume.errors import (
     ResumeError,
     UsageError,
 )
-from resume.protocol import frames
-from resume.protocol.session import ClientSession, Gap, Message, SessionState, Start
-from resume.store import Store
-from resume.stream.backoff import Backoff
-from resume.stream.connector import (
+from resume.net.backoff import Backoff
+from resume.net.connector import (
     ConnectionEvent,
     ConnectOptions,
     HeadersFactory,
     Reconnector,
     UrlFactory,
 )
+from resume.protocol import frames
+from resume.protocol.session import ClientSession, Gap, Message, SessionState, Start
+from resume.store import Store
 
 log = logging.getLogger("resume.stream")
 

@@ -18,14 +18,14 @@ from typing import Literal
 from websockets.asyncio.client import ClientConnection
 
 from resume.errors import ConnectionLost, UsageError
-from resume.stream.backoff import Backoff
-from resume.stream.client import BufferFull, ClientClosed
-from resume.stream.connector import (
+from resume.net.backoff import Backoff
+from resume.net.connector import (
     ConnectionEvent,
     ConnectOptions,
     ConnectorStats,
     Reconnector,
 )
+from resume.stream.client import BufferFull, ClientClosed
 
 Data = str | bytes
 _END = object()

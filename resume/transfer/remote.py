@@ -7,9 +7,9 @@ import asyncio
 from websockets.asyncio.client import ClientConnection
 
 from resume.errors import ProtocolError
+from resume.net.backoff import Backoff
+from resume.net.connector import ConnectOptions, Reconnector
 from resume.protocol import frames
-from resume.stream.backoff import Backoff
-from resume.stream.connector import ConnectOptions, Reconnector
 from resume.transfer.plan import upload_url
 
 CANCEL_GIVE_UP_AFTER = 15.0

@@ -7,7 +7,7 @@ chunks is kept in flight: each is recorded ``PREPARED`` before its bytes leave a
 ``finish`` carries the whole-file xxh3-128 and the server verifies it before renaming the file
 into place.
 
-Connections come from the one reconnect loop (:class:`resume.stream.connector.Reconnector`):
+Connections come from the one reconnect loop (:class:`resume.net.connector.Reconnector`):
 a dropped connection is retried with backoff, and the next session reconciles again, so at most
 one window of chunks is ever sent twice.
 """
@@ -41,6 +41,8 @@ from resume.errors import (
     Verdict,
     classify,
 )
+from resume.net.backoff import Backoff
+from resume.net.connector import ConnectionEvent, ConnectOptions, Reconnector
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.protocol.ledger import ChunkRecord, ChunkState, Ledger
@@ -55,8 +57,6 @@ from resume.protocol.upload import (
 from resume.store import Store
 from resume.store.models import TransferState
 from resume.store.transfers import TransferRecord
-from resume.stream.backoff import Backoff
-from resume.stream.connector import ConnectionEvent, ConnectOptions, Reconnector
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 from resume.transfer.plan import FileJob, upload_url
 from resume.transfer.source import (

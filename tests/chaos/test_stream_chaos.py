@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from resume.net.backoff import Backoff
 from resume.server import ServerConfig, run_server
 from resume.store import open_store
-from resume.stream.backoff import Backoff
 from resume.stream.client import StreamClient, StreamOptions
 from tests.chaos.proxy import FaultProxy, ThreadedProxy
 from tests.processes import REPO, ServeProcess, resume_cmd, resume_env, run_resume, wait_until

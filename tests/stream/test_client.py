@@ -12,10 +12,11 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from resume.errors import AckTimeout, GapError, HandshakeTimeout, Rejected
+from resume.net.backoff import Backoff
+from resume.net.connector import ConnectOptions
 from resume.protocol.frames import SUBPROTOCOL
 from resume.protocol.session import Gap
 from resume.store import open_store
-from resume.stream.backoff import Backoff
 from resume.stream.client import (
     BufferFull,
     ClientClosed,
@@ -23,7 +24,6 @@ from resume.stream.client import (
     StreamEvent,
     StreamOptions,
 )
-from resume.stream.connector import ConnectOptions
 from resume.stream.raw import RawClient
 from tests.chaos.proxy import FaultProxy
 from tests.stream.conftest import RunningServer, StartServer

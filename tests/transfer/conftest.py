@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from resume.net.backoff import Backoff
 from resume.server import ServerConfig, run_server
 from resume.store import open_store
-from resume.stream.backoff import Backoff
 from resume.transfer.upload import UploadOptions
 
 

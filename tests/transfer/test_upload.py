@@ -18,9 +18,9 @@ from resume.errors import (
     ServerError,
     SourceChanged,
 )
+from resume.net.connector import ConnectOptions
 from resume.store import Store
 from resume.store.models import TransferState
-from resume.stream.connector import ConnectOptions
 from resume.transfer.plan import FileJob, collect_jobs
 from resume.transfer.remote import cancel_on_server
 from resume.transfer.upload import FileResult, Uploader

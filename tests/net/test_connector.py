@@ -12,8 +12,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from resume.errors import ConnectError, ConnectionLost, ProtocolError, Rejected, ServerBusy
-from resume.stream.backoff import Backoff
-from resume.stream.connector import ConnectionEvent, ConnectOptions, Reconnector
+from resume.net.backoff import Backoff
+from resume.net.connector import ConnectionEvent, ConnectOptions, Reconnector
 
 
 class Recorder:
@@ -250,7 +250,7 @@ def test_a_bad_tls_certificate_is_fatal_not_retried() -> None:
     import ssl
 
     from resume.errors import Verdict, classify
-    from resume.stream.connector import translate
+    from resume.net.connector import translate
 
     error = translate(ssl.SSLCertVerificationError(1, "certificate verify failed"))
     assert isinstance(error, Rejected) and classify(error) is Verdict.FATAL

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from resume.stream.backoff import Backoff
+from resume.net.backoff import Backoff
 
 
 def test_ceiling_grows_exponentially_then_caps() -> None:

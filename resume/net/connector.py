@@ -42,8 +42,8 @@ from resume.errors import (
     error_for_close,
     error_for_status,
 )
+from resume.net.backoff import Backoff
 from resume.protocol.frames import SUBPROTOCOL
-from resume.stream.backoff import Backoff
 
 T = TypeVar("T")
 log = logging.getLogger("resume.connect")
