@@ -23,7 +23,9 @@ Catch at whatever level suits you::
     │           └── SourceChanged          the local file changed since its transfer began
     ├── StoreError                         the state database cannot be used
     │   ├── SchemaOutOfDate                the database needs `resume db upgrade`
-    │   └── StoreLocked                    another process holds the database too long
+    │   ├── StoreLocked                    another process holds the database too long
+    │   ├── StoreFull                      no space left for the database to write
+    │   └── Fenced                         a write by an owner that was taken over (refused)
     ├── LedgerError                        an illegal chunk-state transition (a bug, never retried)
     ├── Interrupted                        the user asked us to stop; state is saved, run again
     └── UsageError                         bad input from the user: arguments, paths, sizes
@@ -64,6 +66,14 @@ class SchemaOutOfDate(StoreError):
 
 class StoreLocked(StoreError):
     """Another process held the database lock longer than the busy timeout."""
+
+
+class StoreFull(StoreError):
+    """The database could not write: its disk is full."""
+
+
+class Fenced(StoreError):
+    """A write by an owner whose epoch is no longer current: another owner took over."""
 
 
 class TransferError(ResumeError):

@@ -46,6 +46,8 @@ def decode(data: str | bytes) -> dict[str, Any]:
         message = json.loads(data)
     except ValueError as exc:
         raise ProtocolError(f"invalid JSON: {exc}", close_code=CloseCode.INVALID_PAYLOAD) from exc
+    except RecursionError as exc:  # nesting deeper than the parser's stack: hostile input
+        raise ProtocolError("JSON nested too deeply", close_code=CloseCode.INVALID_PAYLOAD) from exc
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError(
             'a control message is a JSON object with a string "type"',

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from resume.errors import LedgerError
+from resume.protocol.geometry import ChunkSpec, Geometry, GeometryError
 
 
 class ChunkState(enum.StrEnum):
@@ -55,15 +56,6 @@ TRANSITIONS: Mapping[tuple[ChunkState, ChunkEvent], ChunkState] = {
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkSpec:
-    """Where one chunk lies in the file."""
-
-    index: int
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
 class ChunkRecord:
     """One non-pending chunk as persisted: enough to rebuild the ledger after a crash."""
 
@@ -83,22 +75,17 @@ class Reconciliation:
     changes: list[ChunkRecord] = field(default_factory=list)  # transitions made, to persist
 
 
-def chunk_count(size: int, chunk_size: int) -> int:
-    """How many chunks a file of ``size`` bytes has; an empty file has none."""
-    return -(-size // chunk_size)
-
-
 class Ledger:
     """The state of every chunk of one file, with the committed offset derived from it."""
 
     def __init__(self, size: int, chunk_size: int) -> None:
-        if size < 0:
-            raise LedgerError(f"negative file size {size}")
-        if chunk_size <= 0:
-            raise LedgerError(f"chunk size must be positive, got {chunk_size}")
+        try:
+            self.geometry = Geometry(size, chunk_size)
+        except GeometryError as exc:
+            raise LedgerError(str(exc)) from exc
         self.size = size
         self.chunk_size = chunk_size
-        self.chunk_count = chunk_count(size, chunk_size)
+        self.chunk_count = self.geometry.count
         self._states: dict[int, ChunkState] = {}  # absent means PENDING
         self._checksums: dict[int, str] = {}
         self._contiguous = 0  # number of leading committed chunks
@@ -122,8 +109,7 @@ class Ledger:
     def spec(self, index: int) -> ChunkSpec:
         """Offset and length of chunk ``index``."""
         self._check_index(index)
-        offset = index * self.chunk_size
-        return ChunkSpec(index, offset, min(self.chunk_size, self.size - offset))
+        return self.geometry.spec(index)
 
     def state(self, index: int) -> ChunkState:
         """The current state of chunk ``index``."""
@@ -154,8 +140,8 @@ class Ledger:
     @property
     def committed_bytes(self) -> int:
         """Bytes committed in all, holes or not."""
-        return sum(
-            self.spec(i).length for i, s in self._states.items() if s is ChunkState.COMMITTED
+        return self.geometry.bytes_in(
+            i for i, s in self._states.items() if s is ChunkState.COMMITTED
         )
 
     @property

@@ -28,6 +28,7 @@ from typing import Any
 
 from resume.errors import ProtocolError
 from resume.protocol.frames import CloseCode, field
+from resume.protocol.geometry import Geometry, GeometryError
 
 FRAME_CHUNK = 0x01
 # kind (1), file_id (16), chunk index (4), offset (8), xxh3-64 of the payload (8)
@@ -48,6 +49,10 @@ class ErrorCode(enum.StrEnum):
     CHECKSUM_MISMATCH = "checksum_mismatch"  # the whole file does not hash to what was sent
     DISK_FULL = "disk_full"  # no space left on the server
     STORAGE = "storage"  # another I/O error on the server
+    EXISTS = "exists"  # a file is at the destination and overwrite was not asked for
+    NAME_IN_USE = "name_in_use"  # another unfinished upload owns that name
+    FORBIDDEN = "forbidden"  # the bearer's token does not allow that name
+    LIMIT = "limit"  # a per-connection limit: unfinished files, reserved bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,29 +146,46 @@ class Begin:
     name: str
     size: int
     chunk_size: int
+    overwrite: bool = False  # may replace a file that exists at the destination
+    verify: bool = False  # for a completed file: re-hash what is under its name
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.size, self.chunk_size)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        message: dict[str, Any] = {
             "type": "begin",
             "file_id": self.file_id,
             "name": self.name,
             "size": self.size,
             "chunk_size": self.chunk_size,
         }
+        if self.overwrite:
+            message["overwrite"] = True
+        if self.verify:
+            message["verify"] = True
+        return message
 
     @classmethod
     def parse(cls, message: dict[str, Any]) -> Begin:
+        """Validate a ``begin``; sizes that no file can have are a protocol error (1002)."""
         size = field(message, "size", int)
         chunk_size = field(message, "chunk_size", int)
-        if size < 0 or chunk_size <= 0:
-            raise ProtocolError(
-                "size must be >= 0 and chunk_size > 0", close_code=CloseCode.PROTOCOL_ERROR
-            )
+        try:
+            Geometry(size, chunk_size)
+        except GeometryError as exc:
+            raise ProtocolError(str(exc), close_code=CloseCode.PROTOCOL_ERROR) from exc
+        flags = {}
+        for name in ("overwrite", "verify"):
+            if name in message:
+                flags[name] = field(message, name, bool)
         return cls(
             check_file_id(message.get("file_id")),
             field(message, "name", str),
             size,
             chunk_size,
+            **flags,
         )
 
 

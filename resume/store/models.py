@@ -12,7 +12,18 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -47,6 +58,7 @@ class ReceiveState(enum.StrEnum):
     """Server side: life of a file being received."""
 
     RECEIVING = "receiving"  # chunks arriving; data under <root>/.resume/partial/
+    PUBLISHING = "publishing"  # verified; about to be renamed (a restart finishes the rename)
     COMPLETED = "completed"  # verified and renamed to its final name
     CANCELLED = "cancelled"  # the client cancelled it; the partial is gone
 
@@ -105,6 +117,27 @@ class ReceivedFile(Base):
     offset: Mapped[int] = mapped_column(BigInteger, default=0)  # contiguous durable bytes
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)  # last chunk or change
+    # Ownership: every new owner raises the epoch; every write checks it (a fence), so an owner
+    # that was taken over can never record anything again.
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    owner: Mapped[str | None] = mapped_column(String(64))  # the server node that owns it
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    overwrite: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # What was published, so a later run can tell the file under the name is still this one.
+    published_inode: Mapped[int | None] = mapped_column(BigInteger)
+    published_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class UploadName(Base):
+    """Server side: a destination name claimed by one unfinished upload (one owner per name)."""
+
+    __tablename__ = "upload_names"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    file_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("received_files.file_id", ondelete="CASCADE"), index=True
+    )
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
 class ReceivedChunk(Base):

@@ -1,4 +1,12 @@
-"""Persistence of incoming files and their durable chunks (the server side)."""
+"""Persistence of incoming files, their durable chunks and their names (the server side).
+
+Ownership is fenced here: :meth:`ReceivedRepository.claim` gives a new owner the next epoch of
+a file, and every later write of that owner (chunks, the publish intent) runs in a transaction
+that first checks the epoch is still the file's. An owner that was taken over gets
+:class:`resume.errors.Fenced` and records nothing. Names are claimed in ``upload_names`` in the
+same transaction that creates the file, so two uploads can never own one name, even from two
+server nodes.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +14,17 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, Row, delete, select, update
+from sqlalchemy import Connection, Engine, Row, delete, select, update
+from sqlalchemy.exc import IntegrityError
 
+from resume.errors import Fenced, StoreError
 from resume.store.errors import store_errors
-from resume.store.models import ReceivedChunk, ReceivedFile, ReceiveState, utcnow
+from resume.store.models import ReceivedChunk, ReceivedFile, ReceiveState, UploadName, utcnow
 
 FILES = ReceivedFile.__table__
 CHUNKS = ReceivedChunk.__table__
+NAMES = UploadName.__table__
+UNFINISHED = (ReceiveState.RECEIVING.value, ReceiveState.PUBLISHING.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +40,12 @@ class ReceivedRecord:
     offset: int
     created_at: dt.datetime
     timestamp: dt.datetime
+    epoch: int
+    owner: str | None
+    lease_until: dt.datetime | None
+    overwrite: bool
+    published_inode: int | None
+    published_mtime_ns: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +58,18 @@ class StoredChunk:
     checksum: str
 
 
+@dataclass(frozen=True, slots=True)
+class NameTaken:
+    """``claim`` refused: another unfinished upload owns the name."""
+
+    holder: str  # its file id
+    since: dt.datetime  # when it last changed
+
+
 def _record(row: Row) -> ReceivedRecord:
     values = dict(row._mapping)
     values["state"] = ReceiveState(values["state"])
+    values["overwrite"] = bool(values["overwrite"])
     return ReceivedRecord(**{name: values[name] for name in ReceivedRecord.__slots__})
 
 
@@ -59,26 +86,76 @@ class ReceivedRepository:
     def get(self, file_id: str) -> ReceivedRecord | None:
         """The file with this id, or None."""
         with store_errors(), self.engine.begin() as conn:
-            row = conn.execute(select(FILES).where(ReceivedFile.file_id == file_id)).first()
-        return _record(row) if row else None
+            return self._get(conn, file_id)
 
-    def create(self, *, file_id: str, name: str, size: int, chunk_size: int) -> ReceivedRecord:
-        """Record a new incoming file in state ``receiving``."""
+    def claim(
+        self,
+        *,
+        file_id: str,
+        name: str,
+        size: int,
+        chunk_size: int,
+        owner: str,
+        overwrite: bool = False,
+        lease_until: dt.datetime | None = None,
+    ) -> ReceivedRecord | NameTaken:
+        """Make ``owner`` the owner of a receiving file, creating it (and claiming its name).
+
+        Returns the record with the owner's new epoch, or :class:`NameTaken` when the file is
+        new and another unfinished upload holds the name. The caller checks beforehand that an
+        existing record matches (name, size, chunk size) and is still receiving.
+        """
         now = utcnow()
-        values = dict(
-            file_id=file_id,
-            name=name,
-            size=size,
-            chunk_size=chunk_size,
-            checksum=None,
-            state=ReceiveState.RECEIVING.value,
-            offset=0,
-            created_at=now,
-            timestamp=now,
-        )
+        try:
+            with store_errors(), self.engine.begin() as conn:
+                if self._get(conn, file_id) is None:
+                    holder = conn.execute(select(NAMES).where(UploadName.name == name)).first()
+                    if holder is not None:
+                        return NameTaken(holder.file_id, holder.timestamp)
+                    conn.execute(
+                        FILES.insert().values(
+                            file_id=file_id,
+                            name=name,
+                            size=size,
+                            chunk_size=chunk_size,
+                            checksum=None,
+                            state=ReceiveState.RECEIVING.value,
+                            offset=0,
+                            created_at=now,
+                            timestamp=now,
+                            epoch=0,
+                            overwrite=overwrite,
+                        )
+                    )
+                    # Unique: another node inserting the same name at once makes this fail.
+                    conn.execute(NAMES.insert().values(name=name, file_id=file_id, timestamp=now))
+                conn.execute(
+                    update(ReceivedFile)
+                    .where(ReceivedFile.file_id == file_id)
+                    .values(
+                        epoch=ReceivedFile.epoch + 1,
+                        owner=owner,
+                        lease_until=lease_until,
+                        overwrite=overwrite,
+                        timestamp=now,
+                    )
+                )
+                claimed = self._get(conn, file_id)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+            holder = self.name_holder(name)  # lost a race for the name (or the id) to a peer
+            if holder is not None and holder.holder != file_id:
+                return holder
+            raise
+        assert claimed is not None
+        return claimed
+
+    def name_holder(self, name: str) -> NameTaken | None:
+        """The unfinished upload that owns ``name``, if any."""
         with store_errors(), self.engine.begin() as conn:
-            conn.execute(FILES.insert().values(**values))
-        return ReceivedRecord(**{**values, "state": ReceiveState.RECEIVING})  # type: ignore[arg-type]
+            row = conn.execute(select(NAMES).where(UploadName.name == name)).first()
+        return NameTaken(row.file_id, row.timestamp) if row else None
 
     def held(self, file_id: str) -> dict[int, str]:
         """Every durable chunk of a file: index -> checksum."""
@@ -88,16 +165,22 @@ class ReceivedRepository:
         with store_errors(), self.engine.begin() as conn:
             return {index: checksum for index, checksum in conn.execute(query)}
 
-    def record_chunks(self, file_id: str, chunks: Sequence[StoredChunk], offset: int) -> None:
-        """Record fsynced chunks (replacing older rows of the same index) and the new offset."""
+    def record_chunks(
+        self, file_id: str, epoch: int, chunks: Sequence[StoredChunk], offset: int
+    ) -> None:
+        """Record fsynced chunks (replacing older rows of the same index) and the new offset.
+
+        Raises :class:`Fenced`, recording nothing, when ``epoch`` is no longer the file's.
+        """
         if not chunks:
             return
+        latest = {c.index: c for c in chunks}  # a chunk sent twice in one batch: the last wins
         now = utcnow()
         with store_errors(), self.engine.begin() as conn:
+            self._fence(conn, file_id, epoch, offset=offset, timestamp=now)
             conn.execute(
                 delete(ReceivedChunk).where(
-                    ReceivedChunk.file_id == file_id,
-                    ReceivedChunk.chunk_index.in_([c.index for c in chunks]),
+                    ReceivedChunk.file_id == file_id, ReceivedChunk.chunk_index.in_(list(latest))
                 )
             )
             conn.execute(
@@ -111,34 +194,84 @@ class ReceivedRepository:
                         "checksum": c.checksum,
                         "timestamp": now,
                     }
-                    for c in chunks
+                    for c in latest.values()
                 ],
             )
-            conn.execute(
-                update(ReceivedFile)
-                .where(ReceivedFile.file_id == file_id)
-                .values(offset=offset, timestamp=now)
+
+    def begin_publish(self, file_id: str, epoch: int, checksum: str, overwrite: bool) -> None:
+        """Record the intent to publish a verified file (before the rename); fenced."""
+        with store_errors(), self.engine.begin() as conn:
+            self._fence(
+                conn,
+                file_id,
+                epoch,
+                state=ReceiveState.PUBLISHING.value,
+                checksum=checksum,
+                overwrite=overwrite,
+                timestamp=utcnow(),
             )
 
-    def finish(self, file_id: str, checksum: str) -> None:
-        """Mark a file verified and in place; its chunk rows are no longer needed."""
+    def complete(self, file_id: str, *, inode: int, mtime_ns: int) -> None:
+        """Record a file as verified and in place; its chunks and name claim go."""
         with store_errors(), self.engine.begin() as conn:
             conn.execute(delete(ReceivedChunk).where(ReceivedChunk.file_id == file_id))
+            conn.execute(delete(UploadName).where(UploadName.file_id == file_id))
             conn.execute(
                 update(ReceivedFile)
                 .where(ReceivedFile.file_id == file_id)
-                .values(state=ReceiveState.COMPLETED.value, checksum=checksum, timestamp=utcnow())
+                .values(
+                    state=ReceiveState.COMPLETED.value,
+                    owner=None,
+                    lease_until=None,
+                    published_inode=inode,
+                    published_mtime_ns=mtime_ns,
+                    timestamp=utcnow(),
+                )
             )
 
     def cancel(self, file_id: str) -> None:
-        """Mark a file cancelled and forget its chunks."""
+        """Mark a file cancelled, fence every owner, forget its chunks and free its name."""
+        with store_errors(), self.engine.begin() as conn:
+            conn.execute(delete(ReceivedChunk).where(ReceivedChunk.file_id == file_id))
+            conn.execute(delete(UploadName).where(UploadName.file_id == file_id))
+            conn.execute(
+                update(ReceivedFile)
+                .where(ReceivedFile.file_id == file_id)
+                .values(
+                    state=ReceiveState.CANCELLED.value,
+                    epoch=ReceivedFile.epoch + 1,
+                    owner=None,
+                    lease_until=None,
+                    offset=0,
+                    timestamp=utcnow(),
+                )
+            )
+
+    def forget_chunks(self, file_id: str) -> None:
+        """The partial data is gone: no chunk is held; the file is receiving again."""
         with store_errors(), self.engine.begin() as conn:
             conn.execute(delete(ReceivedChunk).where(ReceivedChunk.file_id == file_id))
             conn.execute(
                 update(ReceivedFile)
                 .where(ReceivedFile.file_id == file_id)
-                .values(state=ReceiveState.CANCELLED.value, offset=0, timestamp=utcnow())
+                .values(state=ReceiveState.RECEIVING.value, offset=0, timestamp=utcnow())
             )
+
+    def abort_publish(self, file_id: str) -> None:
+        """The publish did not happen (destination refused, crash before the rename): the file
+        is receiving again with every chunk it held."""
+        with store_errors(), self.engine.begin() as conn:
+            conn.execute(
+                update(ReceivedFile)
+                .where(ReceivedFile.file_id == file_id)
+                .values(state=ReceiveState.RECEIVING.value, timestamp=utcnow())
+            )
+
+    def unfinished(self) -> list[ReceivedRecord]:
+        """Every file still receiving or being published."""
+        query = select(FILES).where(ReceivedFile.state.in_(UNFINISHED))
+        with store_errors(), self.engine.begin() as conn:
+            return [_record(row) for row in conn.execute(query)]
 
     def idle_since(self, before: dt.datetime) -> list[ReceivedRecord]:
         """Files still receiving whose last change is older than ``before``."""
@@ -149,7 +282,30 @@ class ReceivedRepository:
             return [_record(row) for row in conn.execute(query)]
 
     def delete(self, file_id: str) -> None:
-        """Forget a file and its chunks entirely."""
+        """Forget a file, its chunks and its name claim entirely."""
         with store_errors(), self.engine.begin() as conn:
             conn.execute(delete(ReceivedChunk).where(ReceivedChunk.file_id == file_id))
+            conn.execute(delete(UploadName).where(UploadName.file_id == file_id))
             conn.execute(delete(ReceivedFile).where(ReceivedFile.file_id == file_id))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _get(conn: Connection, file_id: str) -> ReceivedRecord | None:
+        row = conn.execute(select(FILES).where(ReceivedFile.file_id == file_id)).first()
+        return _record(row) if row else None
+
+    @staticmethod
+    def _fence(conn: Connection, file_id: str, epoch: int, **values: object) -> None:
+        """Update the file only if ``epoch`` still owns it; raise :class:`Fenced` otherwise."""
+        result = conn.execute(
+            update(ReceivedFile)
+            .where(
+                ReceivedFile.file_id == file_id,
+                ReceivedFile.epoch == epoch,
+                ReceivedFile.state.in_(UNFINISHED),
+            )
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise Fenced(f"file {file_id}: epoch {epoch} no longer owns it")

@@ -1,4 +1,10 @@
-"""A file being received on the server: written at offsets, fsynced, verified, published.
+"""A file being received on the server: written at offsets, fsynced, hashed.
+
+The partial lives under ``<root>/.resume/partial/``. It is sparse: nothing is reserved on disk
+for bytes not received yet (the receiver accounts free space instead), so a client that begins
+a huge file and disconnects holds no disk. A descriptor is open only while the file is
+receiving on some connection; :meth:`PartialFile.close` releases it, and the next write opens
+it again.
 
 Blocking calls (``os.pwrite``, ``os.fsync``, reads for hashing): run them in a worker thread.
 """
@@ -8,46 +14,53 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import xxhash
+from resume.transfer.root import fsync_dir, hash_fd
 
-READ_BUFFER = 8 * 1024 * 1024
+FILE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class PartialFile:
-    """The bytes of one incoming file, under the server's hidden state directory.
-
-    Nothing ever appears under the final name until :meth:`publish`, which renames the
-    verified, fsynced file into place atomically.
-    """
+    """The bytes of one incoming file."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not path.exists()
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if fresh or os.fstat(self.fd).st_size != size:
-                self._allocate()
-        except BaseException:
-            os.close(self.fd)
-            if fresh:
-                path.unlink(missing_ok=True)
-            raise
+        self.fd = -1
 
-    def _allocate(self) -> None:
-        # Reserve the space up front, so a full disk is reported when the upload begins rather
-        # than half way through; fall back to a sparse file where fallocate is unsupported.
-        os.ftruncate(self.fd, self.size)
-        if self.size and hasattr(os, "posix_fallocate"):
+    def exists(self) -> bool:
+        """Whether the partial is on disk."""
+        return self.path.exists()
+
+    def create(self) -> bool:
+        """Make sure the partial exists with its full (sparse) size; True if it was created.
+
+        A new partial's directory entry is fsynced, so a power cut cannot lose a partial whose
+        chunks were acked.
+        """
+        try:
+            fd = os.open(self.path, FILE_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            self._open()
+            if os.fstat(self.fd).st_size != self.size:
+                os.ftruncate(self.fd, self.size)
+            return False
+        self.fd = fd
+        try:
+            os.ftruncate(fd, self.size)
+            os.fsync(fd)
+            directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.posix_fallocate(self.fd, 0, self.size)
-            except OSError as exc:
-                if exc.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: filesystem cannot; fine
-                    raise
+                fsync_dir(directory)
+            finally:
+                os.close(directory)
+        except BaseException:
+            self.remove()
+            raise
+        return True
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``offset`` (not yet durable: see :meth:`sync`)."""
+        self._open()
         view = memoryview(data)
         while view:
             written = os.pwrite(self.fd, view, offset)
@@ -56,36 +69,19 @@ class PartialFile:
 
     def sync(self) -> None:
         """Make every write so far durable."""
+        self._open()
         os.fsync(self.fd)
 
-    def checksum(self, hasher: xxhash.xxh3_128 | None = None, start: int = 0) -> str:
-        """xxh3-128 of the file's bytes from ``start`` on, continuing ``hasher`` if given."""
-        hasher = hasher or xxhash.xxh3_128()
-        buffer = bytearray(READ_BUFFER)
-        view = memoryview(buffer)
-        offset = start
-        while offset < self.size:
-            n = os.preadv(self.fd, [view[: min(READ_BUFFER, self.size - offset)]], offset)
-            if n == 0:
-                break
-            hasher.update(view[:n])
-            offset += n
-        return hasher.hexdigest()
-
-    def publish(self, final: Path) -> None:
-        """fsync, then atomically rename into ``final`` and fsync its directory."""
-        os.fsync(self.fd)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path, 0o644)
-        os.replace(self.path, final)
-        directory = os.open(final.parent, os.O_RDONLY)
+    def checksum(self) -> str:
+        """xxh3-128 of the partial's bytes, read back from disk."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.fsync(directory)
+            return hash_fd(fd, self.size)
         finally:
-            os.close(directory)
+            os.close(fd)
 
     def close(self) -> None:
-        """Release the file descriptor (idempotent)."""
+        """Release the descriptor (idempotent); the next write opens it again."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -94,3 +90,7 @@ class PartialFile:
         """Close and delete the partial data."""
         self.close()
         self.path.unlink(missing_ok=True)
+
+    def _open(self) -> None:
+        if self.fd < 0:
+            self.fd = os.open(self.path, FILE_FLAGS)

@@ -1,16 +1,20 @@
 """The server side of uploads: the ``/upload`` endpoint of `resume serve`.
 
-For every chunk: check its header and checksum, write it at its offset in a partial file under
-``<root>/.resume/partial/``, and hand it to a flusher that fsyncs and records a whole group of
-chunks at once in the server's store (``synchronous=FULL``) before acking them. The receive loop
-keeps writing while the flusher syncs, so the fsync cost overlaps with receiving.
+Each connection may carry several files, one after another. For every file the decisions are
+made by the pure machine (:mod:`resume.protocol.receive`); :class:`resume.transfer.incoming.Upload`
+does the file I/O; this module reads frames, enforces the per-connection limits and answers.
 
-On ``finish``: wait until everything is durable, check the whole-file xxh3-128 (hashed
-incrementally as chunks arrive in order, read back from disk otherwise), then fsync and rename
-atomically into ``<root>/<name>``.
+- ``begin``: the name is checked against the disk before any byte is sent (symlinks are not
+  followed; an existing file is refused unless the client asked to overwrite it; a name that
+  another unfinished upload owns is refused). Ownership is taken before any await; a second
+  connection beginning the same file takes it over and the first is fenced and closed (1008).
+- chunks: checked, written, and acked after a group fsync + store commit.
+- ``finish``: wait until durable, verify the whole-file xxh3-128, record the intent, then
+  publish atomically (a no-replace link, or a rename over the old file with ``overwrite``) and
+  record it; a crash at any step is finished by the next ``begin`` or by a restart.
 
-This module is the boundary where the server's OS errors become wire errors: ENOSPC is
-``disk_full``, other I/O failures ``storage``; the connection ends, the server keeps serving.
+Limits, each a `resume serve` option: idle time per connection, text frame size, unfinished
+files and reserved bytes per connection, bytes queued per connection, free disk space.
 """
 
 from __future__ import annotations
@@ -18,26 +22,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import errno
 import logging
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
-import xxhash
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from resume.errors import ProtocolError, StoreError
+from resume.crashpoints import crash_point
+from resume.errors import Fenced, ProtocolError, StoreError
 from resume.housekeeping import Housekeeping
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
-from resume.protocol.ledger import chunk_count
+from resume.protocol.receive import (
+    FinishOutcome,
+    Phase,
+    Verdict,
+    destination_problem,
+)
 from resume.protocol.upload import (
     HEADER_SIZE,
     Begin,
-    ChunkHeader,
     ErrorCode,
     check_file_id,
     held_to_json,
@@ -45,75 +52,26 @@ from resume.protocol.upload import (
     remote_name_problem,
 )
 from resume.store import Store
-from resume.store.models import ReceiveState, utcnow
-from resume.store.received import ReceivedRecord, StoredChunk
-from resume.transfer.partial import PartialFile
+from resume.store.models import utcnow
+from resume.store.received import NameTaken
+from resume.transfer.incoming import Refused, Upload, storage_refusal
+from resume.transfer.root import DestinationRefused, ServerRoot
 
 log = logging.getLogger("resume.receiver")
 
-
-class Refused(Exception):
-    """A request the server declines with an ``error`` message (the connection may go on)."""
-
-    def __init__(self, code: ErrorCode, message: str, *, fatal_to_connection: bool = False):
-        super().__init__(message)
-        self.code = code
-        self.fatal_to_connection = fatal_to_connection
+__all__ = ["Refused", "UploadEndpoint", "UploadLimits"]
 
 
-def storage_refusal(exc: OSError, what: str) -> Refused:
-    """Translate a server-side OS error into the error the client is told about."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return Refused(
-            ErrorCode.DISK_FULL,
-            f"server has no space left for {what}",
-            fatal_to_connection=True,
-        )
-    return Refused(
-        ErrorCode.STORAGE,
-        f"server storage error on {what}: {exc.strerror}",
-        fatal_to_connection=True,
-    )
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """What one peer may make the server hold. ``None`` means no limit."""
 
-
-@dataclass(eq=False)
-class IncomingFile:
-    """One file being received on one connection."""
-
-    record: ReceivedRecord
-    partial: PartialFile
-    held: dict[int, str]  # durable chunks: index -> checksum
-    owner: Connection
-    unsynced: list[StoredChunk] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    hasher: Any = field(default_factory=xxhash.xxh3_128)
-    hashed_chunks: int = 0  # chunks [0, hashed_chunks) are in ``hasher``
-    hashed_sums: dict[int, str] = field(default_factory=dict)
-    hasher_valid: bool = True
-    failure: Refused | None = None
-    flusher: asyncio.Task[None] | None = None
-    # Held while a write is in a worker thread, so release() never closes the descriptor under
-    # it (a reused descriptor number could otherwise receive a stale write).
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    released: bool = False
-
-    @property
-    def file_id(self) -> str:
-        return self.record.file_id
-
-    @property
-    def chunk_count(self) -> int:
-        return chunk_count(self.record.size, self.record.chunk_size)
-
-    def expected_length(self, index: int) -> int:
-        return min(self.record.chunk_size, self.record.size - index * self.record.chunk_size)
-
-    def contiguous_offset(self) -> int:
-        n = 0
-        while n in self.held:
-            n += 1
-        return min(n * self.record.chunk_size, self.record.size)
+    idle_timeout: float | None = 60.0  # close a connection that sends nothing this long
+    max_text_frame: int = 64 * 1024  # control messages are small; chunks travel as binary
+    max_files_per_connection: int = 16  # unfinished files begun on one connection
+    max_reserved_per_connection: int | None = None  # bytes still to come of those files
+    max_queue_bytes: int = 32 * 2**20  # frames read ahead of the handler, in bytes (about)
+    min_free_bytes: int = 2**20  # a begin that would leave less free space is disk_full
 
 
 class UploadEndpoint:
@@ -122,21 +80,26 @@ class UploadEndpoint:
     def __init__(
         self,
         store: Store,
-        root: Path,
+        root: os.PathLike[str] | str,
         *,
         max_file_size: int | None = None,
         max_chunk_size: int = 64 * 2**20,
         expire: float | None = 7 * 86400,
+        limits: UploadLimits | None = None,
     ) -> None:
         self.repo = store.received
-        self.root = root
-        self.partial_dir = root / ".resume" / "partial"
+        self.root = ServerRoot(root)  # type: ignore[arg-type]
+        self.root.prepare()
         self.max_file_size = max_file_size
         self.max_chunk_size = max_chunk_size
         self.max_message_size = max_chunk_size + HEADER_SIZE
         self.expire = expire
-        self.active: dict[str, IncomingFile] = {}
+        self.limits = limits or UploadLimits()
+        self.node_id = uuid.uuid4().hex[:16]
+        self.uploads: dict[str, Upload] = {}  # file id -> the one live object for it
+        self.names: dict[str, str] = {}  # name -> file id, for files not yet recorded
         self.connections: set[Connection] = set()
+        self.reserved = 0  # bytes still to come of every file owned right now
         self._expiry = Housekeeping(
             self.expire_idle,
             age=expire,
@@ -155,22 +118,50 @@ class UploadEndpoint:
             self.connections.discard(handler)
 
     async def close(self) -> None:
-        """Stop the expiry task (connections are closed by the server)."""
+        """Stop the expiry task and every file's background work."""
         await self._expiry.stop()
+        for upload in list(self.uploads.values()):
+            await upload.stop()
+        self.uploads.clear()
 
-    def partial_path(self, file_id: str) -> Path:
-        return self.partial_dir / f"{file_id}.part"
+    def partial_path(self, file_id: str) -> os.PathLike[str]:
+        return self.root.partial_path(file_id)
 
-    def final_path(self, name: str) -> Path:
-        """Where ``name`` lands, refusing anything that resolves outside the root."""
-        problem = remote_name_problem(name)
-        if problem:
-            raise Refused(ErrorCode.BAD_NAME, f"refused name {name!r}: {problem}")
-        root = os.path.realpath(self.root)
-        final = os.path.realpath(os.path.join(root, name))
-        if os.path.commonpath([root, final]) != root or final == root:
-            raise Refused(ErrorCode.BAD_NAME, f"refused name {name!r}: escapes the root")
-        return Path(final)
+    # -- the live objects --------------------------------------------------------------------
+
+    async def acquire(self, file_id: str) -> Upload:
+        """The one :class:`Upload` for ``file_id``, loaded (and recovered); release it after."""
+        upload = self.uploads.get(file_id)
+        if upload is None:
+            upload = self.uploads[file_id] = Upload(self, file_id)
+        upload.users += 1
+        try:
+            await asyncio.shield(upload.ready)
+        except BaseException:
+            await self.release(upload)
+            raise
+        return upload
+
+    async def release(self, upload: Upload) -> None:
+        """One user is done with ``upload``; forget it when nobody uses or owns it."""
+        upload.users -= 1
+        if (
+            upload.users == 0
+            and upload.owner is None
+            and self.uploads.get(upload.file_id) is upload
+        ):
+            del self.uploads[upload.file_id]
+            reception = upload.reception
+            if reception is not None and self.names.get(reception.name) == upload.file_id:
+                del self.names[reception.name]
+            await upload.stop()
+
+    def free_bytes(self) -> int:
+        """Free space for new data under the root, minus what owned uploads still expect."""
+        st = os.statvfs(self.root.path)
+        return st.f_bavail * st.f_frsize - self.reserved
+
+    # -- expiry ------------------------------------------------------------------------------
 
     async def expire_idle(self) -> int:
         """Remove partial uploads idle longer than ``expire``; returns how many went."""
@@ -180,16 +171,23 @@ class UploadEndpoint:
         stale = await asyncio.to_thread(self.repo.idle_since, before)
         removed = 0
         for record in stale:
-            if record.file_id in self.active:
-                continue
-            await asyncio.to_thread(self._drop, record.file_id)
+            if record.file_id in self.uploads:
+                continue  # in use right now: not idle
+
+            async def drop(file_id: str = record.file_id) -> None:
+                await asyncio.to_thread(self.root.partial_path(file_id).unlink, missing_ok=True)
+                await asyncio.to_thread(self.repo.delete, file_id)
+
+            # Registered before the first await: a begin for this file waits for the drop.
+            upload = self.uploads[record.file_id] = Upload(self, record.file_id, prelude=drop)
+            upload.users += 1
+            try:
+                await asyncio.shield(upload.ready)
+            finally:
+                await self.release(upload)
             log.info("expired partial upload %s (%s)", record.file_id, record.name)
             removed += 1
         return removed
-
-    def _drop(self, file_id: str) -> None:
-        self.partial_path(file_id).unlink(missing_ok=True)
-        self.repo.delete(file_id)
 
 
 class Connection:
@@ -198,40 +196,89 @@ class Connection:
     def __init__(self, endpoint: UploadEndpoint, websocket: ServerConnection) -> None:
         self.endpoint = endpoint
         self.ws = websocket
-        self.files: dict[str, IncomingFile] = {}
+        self.files: dict[str, Upload] = {}  # files this connection owns
+        self.epochs: dict[str, int] = {}  # its epoch of each
+        self.reserved: dict[str, int] = {}  # bytes still to come of each
+        self.taken_over: dict[str, str] = {}  # files taken from it: why
+        self.peer = websocket.remote_address
 
     async def run(self) -> None:
+        limits = self.endpoint.limits
+        self.set_frame_limits()
         try:
-            async for message in self.ws:
+            while True:
+                try:
+                    async with asyncio.timeout(limits.idle_timeout):
+                        message = await self.ws.recv()
+                except TimeoutError:
+                    log.info("closing idle upload connection from %s", self.peer)
+                    await self.ws.close(CloseCode.NORMAL, "idle timeout")
+                    break
                 try:
                     if isinstance(message, str):
+                        if len(message) > limits.max_text_frame:
+                            raise ProtocolError(
+                                f"control message of {len(message)} characters is over the "
+                                f"limit of {limits.max_text_frame}",
+                                close_code=CloseCode.MESSAGE_TOO_BIG,
+                            )
                         await self.on_control(frames.decode(message))
                     else:
                         await self.on_chunk(message)
                 except Refused as refusal:
-                    await self.refuse(refusal)
+                    await self.refuse(refusal, getattr(refusal, "file_id", None))
                     if refusal.fatal_to_connection:
-                        await self.ws.close(CloseCode.NORMAL, refusal.code)
+                        await self.close_after(refusal)
                         break
         except ProtocolError as exc:
-            log.warning("closing %s: %s", self.ws.remote_address, exc)
+            log.warning("closing %s: %s", self.peer, exc)
             await self.ws.close(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc)[:120])
         except ConnectionClosed:
             pass
         finally:
-            for incoming in list(self.files.values()):
-                await self.release(incoming)
+            for file_id in list(self.files):
+                await self.let_go(file_id)
 
     async def send(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(frames.encode(message))
 
     async def refuse(self, refusal: Refused, file_id: str | None = None) -> None:
-        message = {"type": "error", "code": refusal.code.value, "message": str(refusal)}
+        message: dict[str, Any] = {
+            "type": "error",
+            "code": refusal.code.value,
+            "message": str(refusal),
+        }
         if file_id:
             message["file_id"] = file_id
-        log.info("refused: %s", refusal)
+        log.info("refused %s: %s", self.peer, refusal)
         await self.send(message)
+
+    async def close_after(self, refusal: Refused) -> None:
+        """Close after a refusal that ends the connection; a storage failure says "later"."""
+        code = (
+            CloseCode.INTERNAL_ERROR
+            if refusal.code in (ErrorCode.STORAGE,)
+            else CloseCode.POLICY_VIOLATION
+            if refusal.code is ErrorCode.MISMATCH
+            else CloseCode.NORMAL
+        )
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.close(code, refusal.code.value)
+
+    def set_frame_limits(self) -> None:
+        """Frames only as large as this connection's files need; a queue bounded in bytes."""
+        limits = self.endpoint.limits
+        largest = max(
+            (u.require().geometry.chunk_size + HEADER_SIZE for u in self.files.values()),
+            default=0,
+        )
+        size = max(limits.max_text_frame, min(largest, self.endpoint.max_message_size))
+        self.ws.protocol.max_message_size = size
+        queue = getattr(self.ws, "recv_messages", None)
+        if queue is not None:
+            queue.high = max(0, limits.max_queue_bytes // size - 1)
+            queue.low = queue.high // 4
 
     # -- control messages ----------------------------------------------------------------------
 
@@ -250,257 +297,401 @@ class Connection:
                 f"unknown message type {kind!r}", close_code=CloseCode.PROTOCOL_ERROR
             )
 
-    async def on_begin(self, begin: Begin) -> None:
+    def check_begin(self, begin: Begin) -> None:
+        """What can be refused from the message alone."""
         endpoint = self.endpoint
-        endpoint.final_path(begin.name)  # refuse bad names before touching anything
+        problem = remote_name_problem(begin.name)
+        if problem:
+            raise _refused(ErrorCode.BAD_NAME, f"refused name {begin.name!r}: {problem}", begin)
         if endpoint.max_file_size is not None and begin.size > endpoint.max_file_size:
-            raise Refused(
+            raise _refused(
                 ErrorCode.TOO_LARGE,
                 f"{begin.name}: {begin.size} bytes is over the server's limit of "
                 f"{endpoint.max_file_size}",
+                begin,
             )
         if begin.chunk_size > endpoint.max_chunk_size:
-            raise Refused(
+            raise _refused(
                 ErrorCode.TOO_LARGE,
                 f"chunk size {begin.chunk_size} is over the server's limit of "
                 f"{endpoint.max_chunk_size}",
+                begin,
             )
-        previous = endpoint.active.get(begin.file_id)
-        if previous is not None:  # a reconnecting client whose old connection is not dead yet
-            await previous.owner.release(previous)
-            if previous.owner is not self:
-                await previous.owner.ws.close(
-                    CloseCode.POLICY_VIOLATION, "file taken over by a newer connection"
-                )
-        record = await asyncio.to_thread(endpoint.repo.get, begin.file_id)
-        if record is not None and (
-            (record.name, record.size, record.chunk_size)
-            != (begin.name, begin.size, begin.chunk_size)
-        ):
-            raise Refused(
-                ErrorCode.MISMATCH,
-                f"file {begin.file_id} was begun as {record.name!r} ({record.size} bytes, "
-                f"chunks of {record.chunk_size}), not as {begin.name!r}",
+        limit = endpoint.limits.max_files_per_connection
+        if begin.file_id not in self.files and len(self.files) >= limit:
+            raise _refused(
+                ErrorCode.LIMIT,
+                f"{begin.name}: this connection already has {limit} unfinished files",
+                begin,
             )
-        if record is not None and record.state is not ReceiveState.RECEIVING:
-            await self.send(
-                {"type": "state", "file_id": begin.file_id, "state": record.state.value, "held": []}
-            )
-            return
-        if record is None:
-            record = await asyncio.to_thread(
-                endpoint.repo.create,
-                file_id=begin.file_id,
-                name=begin.name,
-                size=begin.size,
-                chunk_size=begin.chunk_size,
-            )
+
+    async def on_begin(self, begin: Begin) -> None:
+        self.check_begin(begin)
+        upload = await self.endpoint.acquire(begin.file_id)
         try:
-            partial = await asyncio.to_thread(
-                PartialFile, endpoint.partial_path(begin.file_id), begin.size
-            )
+            await self._begin(upload, begin)
+        finally:
+            await self.endpoint.release(upload)
+
+    async def _begin(self, upload: Upload, begin: Begin) -> None:
+        endpoint = self.endpoint
+        while not upload.settled.is_set():  # another connection is publishing it right now
+            await upload.settled.wait()
+        reception = upload.reception
+        if reception is not None:
+            if (reception.name, reception.geometry.size, reception.geometry.chunk_size) != (
+                begin.name,
+                begin.size,
+                begin.chunk_size,
+            ):
+                raise _refused(
+                    ErrorCode.MISMATCH,
+                    f"file {begin.file_id} was begun as {reception.name!r} "
+                    f"({reception.geometry.size} bytes, chunks of "
+                    f"{reception.geometry.chunk_size}), not as {begin.name!r}",
+                    begin,
+                )
+            if reception.phase is not Phase.RECEIVING:
+                await self.answer_finished(upload, begin)
+                return
+        destination = await asyncio.to_thread(endpoint.root.inspect, begin.name)
+        problem = destination_problem(destination, overwrite=begin.overwrite)
+        if problem:
+            code, reason = problem
+            raise _refused(ErrorCode(code), f"{begin.name}: {reason}", begin)
+        if reception is None:
+            holder = endpoint.names.get(begin.name)
+            if holder is not None and holder != begin.file_id:
+                raise _name_in_use(begin, holder)
+        remaining = begin.size - (reception.geometry.bytes_in(reception.held) if reception else 0)
+        self.check_space(begin, remaining)
+        # -- from here to the claim: no await. The file is ours; any earlier owner is fenced.
+        if reception is None:
+            upload.create(begin)
+            endpoint.names[begin.name] = begin.file_id
+        previous = upload.owner
+        epoch = upload.require().take(overwrite=begin.overwrite)
+        upload.owner = self
+        if previous is not None and previous is not self:
+            previous.lose(begin.file_id, "taken over by a newer connection")
+        self.own(upload, epoch, remaining)
+        claimed = await upload.claim(self, begin)
+        if isinstance(claimed, NameTaken):
+            self.disown(begin.file_id)
+            upload.owner = None
+            upload.reception = None
+            endpoint.names.pop(begin.name, None)
+            raise _name_in_use(begin, claimed.holder)
+        if upload.owner is not self:
+            return  # taken over while we waited for the store; our connection is closing
+        crash_point("begin.claimed")
+        try:
+            async with upload.io:
+                created = await asyncio.to_thread(upload.partial.create)
+            if created and upload.require().held:  # the store listed chunks of a vanished file
+                await asyncio.to_thread(endpoint.repo.forget_chunks, begin.file_id)
+                upload.require().lose()
         except OSError as exc:
-            raise storage_refusal(exc, begin.name) from exc
-        held = await asyncio.to_thread(endpoint.repo.held, begin.file_id)
-        incoming = IncomingFile(record=record, partial=partial, held=held, owner=self)
-        incoming.idle.set()
-        incoming.flusher = asyncio.create_task(self.flush_forever(incoming))
-        self.files[begin.file_id] = incoming
-        endpoint.active[begin.file_id] = incoming
+            raise _with_file(storage_refusal(exc, begin.name), begin.file_id) from exc
+        crash_point("begin.partial_created")
+        upload.start_flusher()
+        await upload.drain()  # what an earlier owner wrote is durable: report it as held
+        if upload.owner is not self:
+            return
+        log.info(
+            "receiving %s (%s, %d bytes) from %s", begin.name, begin.file_id, begin.size, self.peer
+        )
         await self.send(
             {
                 "type": "state",
                 "file_id": begin.file_id,
-                "state": ReceiveState.RECEIVING.value,
-                "held": held_to_json(held),
+                "state": Phase.RECEIVING.value,
+                "held": held_to_json(upload.require().held),
             }
         )
 
-    async def on_finish(self, file_id: str, checksum: str) -> None:
-        incoming = self.files.get(file_id)
-        if incoming is None:
-            raise Refused(ErrorCode.UNKNOWN_FILE, f"finish for {file_id}, which is not begun here")
-        await self.drain(incoming)
-        missing = incoming.chunk_count - len(incoming.held)
-        if missing:
-            raise Refused(ErrorCode.INCOMPLETE, f"{incoming.record.name}: {missing} chunks missing")
-        final = self.endpoint.final_path(incoming.record.name)
-        actual = await asyncio.to_thread(self.whole_checksum, incoming)
-        if actual != checksum:
-            # The chunks all matched but the whole does not: drop everything rather than keep
-            # bytes we cannot vouch for; the client starts this file over.
-            await self.release(incoming)
-            await asyncio.to_thread(self.endpoint.repo.cancel, file_id)
-            incoming.partial.remove()
-            raise Refused(
-                ErrorCode.CHECKSUM_MISMATCH,
-                f"{incoming.record.name}: received data hashes to {actual}, client says {checksum}",
+    def check_space(self, begin: Begin, remaining: int) -> None:
+        limits = self.endpoint.limits
+        mine = sum(v for k, v in self.reserved.items() if k != begin.file_id)
+        cap = limits.max_reserved_per_connection
+        if cap is not None and mine + remaining > cap:
+            raise _refused(
+                ErrorCode.LIMIT,
+                f"{begin.name}: this connection's unfinished files would need "
+                f"{mine + remaining} bytes, over the limit of {cap}",
+                begin,
             )
+        already = self.reserved.get(begin.file_id, 0)
+        if self.endpoint.free_bytes() + already - remaining < limits.min_free_bytes:
+            raise _refused(ErrorCode.DISK_FULL, f"server has no space left for {begin.name}", begin)
+
+    async def answer_finished(self, upload: Upload, begin: Begin) -> None:
+        """``begin`` of a file that is completed or cancelled: say so (checking completed)."""
+        reception = upload.require()
+        state = reception.phase.value
+        verified = False
+        if reception.phase is Phase.COMPLETED:
+            record = upload.record
+            assert record is not None
+            root = self.endpoint.root
+            identity = await asyncio.to_thread(root.identity, reception.name)
+            same = identity is not None and identity.size == record.size
+            if same and record.published_inode:
+                same = (identity.inode, identity.mtime_ns) == (  # type: ignore[union-attr]
+                    record.published_inode,
+                    record.published_mtime_ns,
+                )
+            if same and begin.verify:
+                same = await asyncio.to_thread(root.checksum, reception.name) == record.checksum
+                verified = same
+            if not same:
+                state = "missing"
+        message: dict[str, Any] = {
+            "type": "state",
+            "file_id": begin.file_id,
+            "state": state,
+            "held": [],
+        }
+        if state == Phase.COMPLETED.value:
+            message["verified"] = verified
+        await self.send(message)
+
+    async def on_finish(self, file_id: str, checksum: str) -> None:
+        upload = self.files.get(file_id)
+        if upload is None:
+            if file_id in self.taken_over:
+                raise ProtocolError(
+                    f"file {file_id}: {self.taken_over[file_id]}",
+                    close_code=CloseCode.POLICY_VIOLATION,
+                )
+            raise _with_file(
+                Refused(ErrorCode.UNKNOWN_FILE, f"finish for {file_id}, which is not begun here"),
+                file_id,
+            )
+        reception = upload.require()
+        epoch = self.epochs[file_id]
+        name = reception.name
+        async with upload.io:
+            while True:
+                verdict = reception.finish(epoch, checksum)
+                if verdict.outcome is not FinishOutcome.SYNC_FIRST:
+                    break
+                try:
+                    await upload.drain()
+                except Refused as refusal:
+                    raise _with_file(refusal, file_id) from None
+            if verdict.outcome is FinishOutcome.FENCED:
+                raise ProtocolError(
+                    f"file {file_id} is no longer yours to finish",
+                    close_code=CloseCode.POLICY_VIOLATION,
+                )
+            if verdict.outcome is FinishOutcome.INCOMPLETE:
+                raise _with_file(
+                    Refused(ErrorCode.INCOMPLETE, f"{name}: {verdict.missing} chunks missing"),
+                    file_id,
+                )
+            upload.settled.clear()
+            try:
+                await self.publish(upload, epoch, checksum)
+            except Refused:
+                if reception.phase is Phase.CANCELLED:  # failed verification: it is gone
+                    self.disown(file_id)
+                    upload.owner = None
+                raise
+            finally:
+                upload.settled.set()
+        self.disown(file_id)
+        upload.owner = None
+        log.info("received %s (%d bytes) from %s", name, reception.geometry.size, self.peer)
+        await self.send({"type": "done", "file_id": file_id, "name": name})
+
+    async def publish(self, upload: Upload, epoch: int, checksum: str) -> None:
+        """Verify, record the intent, rename into place, record it. Holds ``upload.io``."""
+        reception, endpoint = upload.require(), self.endpoint
+        file_id, name = upload.file_id, reception.name
+        upload.partial.close()  # no descriptor may outlive the publish of this inode
         try:
-            await asyncio.to_thread(incoming.partial.publish, final)
-        except OSError as exc:
-            raise storage_refusal(exc, incoming.record.name) from exc
-        await asyncio.to_thread(self.endpoint.repo.finish, file_id, checksum)
-        await self.release(incoming)
-        log.info("received %s (%d bytes)", incoming.record.name, incoming.record.size)
-        await self.send({"type": "done", "file_id": file_id, "name": incoming.record.name})
+            actual = await asyncio.to_thread(upload.whole_checksum)
+            crash_point("publish.verified")
+            if not reception.verified(actual):
+                # The chunks all matched but the whole does not: drop everything rather than
+                # keep bytes we cannot vouch for; the client starts this file over.
+                await asyncio.to_thread(endpoint.repo.cancel, file_id)
+                await asyncio.to_thread(upload.partial.remove)
+                raise _with_file(
+                    Refused(
+                        ErrorCode.CHECKSUM_MISMATCH,
+                        f"{name}: received data hashes to {actual}, client says {checksum}",
+                    ),
+                    file_id,
+                )
+            await asyncio.to_thread(
+                endpoint.repo.begin_publish, file_id, upload.fence, checksum, reception.overwrite
+            )
+            crash_point("publish.intent_recorded")
+            await asyncio.to_thread(
+                endpoint.root.publish, upload.partial.path, name, overwrite=reception.overwrite
+            )
+        except DestinationRefused as refused:
+            reception.abort_publish()
+            await asyncio.to_thread(endpoint.repo.abort_publish, file_id)
+            raise _with_file(
+                Refused(ErrorCode(refused.code), f"{name}: {refused}"), file_id
+            ) from None
+        except Fenced:
+            reception.abort_publish()
+            raise ProtocolError(
+                f"file {file_id} was taken over", close_code=CloseCode.POLICY_VIOLATION
+            ) from None
+        except (OSError, StoreError) as exc:
+            if reception.phase in (Phase.VERIFYING, Phase.PUBLISHING):
+                reception.abort_publish()
+                with contextlib.suppress(StoreError):
+                    await asyncio.to_thread(endpoint.repo.abort_publish, file_id)
+            raise _with_file(storage_refusal(exc, name), file_id) from exc
+        await upload.record_complete()
 
     async def on_cancel(self, file_id: str) -> None:
-        incoming = self.endpoint.active.get(file_id)
-        if incoming is not None:
-            await incoming.owner.release(incoming)
-        record = await asyncio.to_thread(self.endpoint.repo.get, file_id)
-        if record is not None and record.state is ReceiveState.RECEIVING:
-            await asyncio.to_thread(self.endpoint.repo.cancel, file_id)
-            self.endpoint.partial_path(file_id).unlink(missing_ok=True)
+        endpoint = self.endpoint
+        upload = await endpoint.acquire(file_id)
+        try:
+            while not upload.settled.is_set():
+                await upload.settled.wait()
+            reception = upload.reception
+            if reception is not None and reception.phase is Phase.RECEIVING:
+                async with upload.io:
+                    with contextlib.suppress(Refused):
+                        await upload.drain()
+                    owner = upload.owner
+                    reception.cancel()
+                    upload.owner = None
+                    if owner is not None:
+                        owner.lose(file_id, "cancelled")
+                    await asyncio.to_thread(endpoint.repo.cancel, file_id)
+                    crash_point("cancel.recorded")
+                    await asyncio.to_thread(upload.partial.remove)
+                log.info("cancelled %s (%s) for %s", reception.name, file_id, self.peer)
+        finally:
+            await endpoint.release(upload)
         await self.send({"type": "cancelled", "file_id": file_id})
 
     # -- chunks ----------------------------------------------------------------------------------
 
     async def on_chunk(self, frame: bytes) -> None:
         header, payload = parse_chunk(frame)
-        incoming = self.files.get(header.file_id)
-        if incoming is None:
+        file_id = header.file_id
+        upload = self.files.get(file_id)
+        if upload is None:
+            why = self.taken_over.get(file_id)
+            if why is not None:
+                raise ProtocolError(f"file {file_id}: {why}", close_code=CloseCode.POLICY_VIOLATION)
             raise ProtocolError(
-                f"chunk for file {header.file_id}, which is not begun on this connection",
+                f"chunk for file {file_id}, which is not begun on this connection",
                 close_code=CloseCode.PROTOCOL_ERROR,
             )
-        if incoming.failure is not None:
-            raise incoming.failure
-        self.check_chunk(incoming, header, len(payload))
-        async with incoming.lock:
-            if incoming.released:  # taken over by a newer connection while we waited
+        if upload.failure is not None:
+            raise _with_file(upload.failure, file_id)
+        reception, epoch = upload.require(), self.epochs[file_id]
+        verdict = reception.chunk(epoch, header.index, header.offset, len(payload), header.checksum)
+        if verdict.verdict is Verdict.VIOLATION:
+            raise ProtocolError(verdict.reason, close_code=CloseCode.PROTOCOL_ERROR)
+        if verdict.verdict is Verdict.FENCED:
+            raise ProtocolError(verdict.reason, close_code=CloseCode.POLICY_VIOLATION)
+        if verdict.verdict is Verdict.ACK_AGAIN:
+            await self.send(
+                {"type": "ack", "file_id": file_id, "chunks": [[header.index, header.checksum]]}
+            )
+            return
+        if verdict.verdict is Verdict.WAIT:
+            return
+        async with upload.io:
+            if not reception.owns(epoch) or reception.phase is not Phase.RECEIVING:
                 raise ProtocolError(
-                    f"file {header.file_id} was taken over by a newer connection",
+                    f"file {file_id} was taken over by a newer connection",
                     close_code=CloseCode.POLICY_VIOLATION,
                 )
             try:
-                stored = await asyncio.to_thread(self.store_chunk, incoming, header, payload)
+                stored = await asyncio.to_thread(
+                    upload.store_chunk, header.index, header.offset, header.checksum, payload
+                )
             except OSError as exc:
-                raise storage_refusal(exc, incoming.record.name) from exc
+                raise _with_file(storage_refusal(exc, reception.name), file_id) from exc
+            if stored:
+                reception.written(epoch, header.index, header.checksum)
+                upload.kick()
         if not stored:
-            log.warning("chunk %d of %s failed its checksum", header.index, header.file_id)
+            log.warning("chunk %d of %s failed its checksum", header.index, file_id)
             await self.send(
                 {
                     "type": "nack",
-                    "file_id": header.file_id,
+                    "file_id": file_id,
                     "index": header.index,
                     "reason": "checksum mismatch",
                 }
             )
+
+    # -- ownership -------------------------------------------------------------------------------
+
+    def own(self, upload: Upload, epoch: int, remaining: int) -> None:
+        file_id = upload.file_id
+        self.files[file_id] = upload
+        self.epochs[file_id] = epoch
+        self.taken_over.pop(file_id, None)
+        self.endpoint.reserved += remaining - self.reserved.get(file_id, 0)
+        self.reserved[file_id] = remaining
+        self.set_frame_limits()
+
+    def disown(self, file_id: str) -> Upload | None:
+        upload = self.files.pop(file_id, None)
+        self.epochs.pop(file_id, None)
+        self.endpoint.reserved -= self.reserved.pop(file_id, 0)
+        self.set_frame_limits()
+        return upload
+
+    def lose(self, file_id: str, why: str) -> None:
+        """Another connection took ``file_id`` (or it was cancelled): we are fenced."""
+        self.disown(file_id)
+        self.taken_over[file_id] = why
+        log.info("upload %s %s (was %s)", file_id, why, self.peer)
+        asyncio.get_running_loop().create_task(self._close_fenced(why))
+
+    async def _close_fenced(self, why: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.close(CloseCode.POLICY_VIOLATION, f"file {why}"[:120])
+
+    async def let_go(self, file_id: str) -> None:
+        """This connection ends: make what it wrote durable and release the file."""
+        epoch = self.epochs.get(file_id, -1)
+        upload = self.disown(file_id)
+        if upload is None:
             return
-        incoming.unsynced.append(
-            StoredChunk(header.index, header.offset, len(payload), header.checksum)
-        )
-        incoming.idle.clear()
-        incoming.wake.set()
+        if upload.owner is self and upload.reception is not None:
+            upload.reception.release(epoch)
+            upload.owner = None
+        upload.users += 1
+        try:
+            async with upload.io:
+                with contextlib.suppress(Refused):
+                    await upload.drain()
+                if upload.owner is None:
+                    upload.partial.close()
+        finally:
+            await self.endpoint.release(upload)
 
-    def store_chunk(self, incoming: IncomingFile, header: ChunkHeader, payload: Any) -> bool:
-        """Verify and write one chunk (in a worker thread); False if its checksum is wrong."""
-        if xxhash.xxh3_64_hexdigest(payload) != header.checksum:
-            return False
-        incoming.partial.write(header.offset, payload)
-        self.hash_in_order(incoming, header.index, header.checksum, payload)
-        return True
 
-    @staticmethod
-    def check_chunk(incoming: IncomingFile, header: ChunkHeader, length: int) -> None:
-        if not 0 <= header.index < incoming.chunk_count:
-            raise ProtocolError(
-                f"chunk index {header.index} out of range", close_code=CloseCode.PROTOCOL_ERROR
-            )
-        if header.offset != header.index * incoming.record.chunk_size:
-            raise ProtocolError(
-                f"chunk {header.index} at offset {header.offset}, expected "
-                f"{header.index * incoming.record.chunk_size}",
-                close_code=CloseCode.PROTOCOL_ERROR,
-            )
-        if length != incoming.expected_length(header.index):
-            raise ProtocolError(
-                f"chunk {header.index} has {length} bytes, expected "
-                f"{incoming.expected_length(header.index)}",
-                close_code=CloseCode.PROTOCOL_ERROR,
-            )
+def _with_file(refusal: Refused, file_id: str) -> Refused:
+    refusal.file_id = file_id  # type: ignore[attr-defined]
+    return refusal
 
-    @staticmethod
-    def hash_in_order(incoming: IncomingFile, index: int, checksum: str, payload: Any) -> None:
-        """Feed the whole-file hasher while chunks arrive in order, so finish need not re-read."""
-        if index == incoming.hashed_chunks and incoming.hasher_valid:
-            incoming.hasher.update(payload)
-            incoming.hashed_sums[index] = checksum
-            incoming.hashed_chunks += 1
-        elif index < incoming.hashed_chunks and incoming.hashed_sums.get(index) != checksum:
-            incoming.hasher_valid = False  # an already-hashed chunk was replaced
 
-    @staticmethod
-    def whole_checksum(incoming: IncomingFile) -> str:
-        if incoming.hasher_valid and incoming.hashed_chunks == incoming.chunk_count:
-            return incoming.hasher.hexdigest()
-        return incoming.partial.checksum()
+def _refused(code: ErrorCode, message: str, begin: Begin) -> Refused:
+    return _with_file(Refused(code, message), begin.file_id)
 
-    # -- durability ------------------------------------------------------------------------------
 
-    async def flush_forever(self, incoming: IncomingFile) -> None:
-        """Group commit: fsync and record whatever was written since the last round, then ack."""
-        while True:
-            await incoming.wake.wait()
-            incoming.wake.clear()
-            batch, incoming.unsynced = incoming.unsynced, []
-            if not batch:
-                incoming.idle.set()
-                continue
-            try:
-                await asyncio.to_thread(self.make_durable, incoming, batch)
-            except (OSError, StoreError) as exc:
-                error = exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc))
-                incoming.failure = storage_refusal(error, incoming.record.name)
-                log.error("cannot make %s durable: %s", incoming.record.name, exc)
-                await self.refuse(incoming.failure, incoming.file_id)
-                await self.ws.close(CloseCode.INTERNAL_ERROR, incoming.failure.code)
-                incoming.idle.set()
-                return
-            await self.send(
-                {
-                    "type": "ack",
-                    "file_id": incoming.file_id,
-                    "chunks": [[c.index, c.checksum] for c in batch],
-                }
-            )
-            if not incoming.unsynced:
-                incoming.idle.set()
-
-    def make_durable(self, incoming: IncomingFile, batch: list[StoredChunk]) -> None:
-        incoming.partial.sync()
-        held = dict(incoming.held)
-        held.update((c.index, c.checksum) for c in batch)
-        offset = 0
-        while offset in held:
-            offset += 1
-        offset = min(offset * incoming.record.chunk_size, incoming.record.size)
-        self.endpoint.repo.record_chunks(incoming.file_id, batch, offset)
-        incoming.held = held
-
-    async def drain(self, incoming: IncomingFile) -> None:
-        """Wait until every chunk written so far is durable and acked."""
-        while incoming.unsynced or not incoming.idle.is_set():
-            incoming.wake.set()
-            await incoming.idle.wait()
-        if incoming.failure is not None:
-            raise incoming.failure
-
-    async def release(self, incoming: IncomingFile) -> None:
-        """Make what was written durable, stop the flusher and close the partial file."""
-        if self.files.get(incoming.file_id) is not incoming:
-            return
-        del self.files[incoming.file_id]
-        if self.endpoint.active.get(incoming.file_id) is incoming:
-            del self.endpoint.active[incoming.file_id]
-        async with incoming.lock:
-            incoming.released = True
-            with contextlib.suppress(Refused):
-                await self.drain(incoming)
-            if incoming.flusher is not None:
-                incoming.flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await incoming.flusher
-            incoming.partial.close()
+def _name_in_use(begin: Begin, holder: str) -> Refused:
+    return _refused(
+        ErrorCode.NAME_IN_USE,
+        f"{begin.name} is being uploaded by another transfer ({holder[:8]}); it is refused "
+        "until that one finishes, is cancelled or expires",
+        begin,
+    )

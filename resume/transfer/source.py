@@ -13,7 +13,7 @@ import xxhash
 from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from resume.errors import SourceChanged, UsageError
-from resume.protocol.ledger import ChunkSpec
+from resume.protocol.geometry import ChunkSpec
 
 CHUNK_ALGO = "xxh3-64"
 FILE_ALGO = "xxh3-128"
