@@ -17,9 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("received_files", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("epoch", sa.BigInteger(), server_default="0", nullable=False)
-        )
+        batch_op.add_column(sa.Column("epoch", sa.BigInteger(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("owner", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("lease_until", sa.DateTime(), nullable=True))
         batch_op.add_column(
