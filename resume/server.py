@@ -17,7 +17,7 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ from resume.errors import UsageError
 from resume.protocol.frames import SUBPROTOCOL, CloseCode
 from resume.store import Store, open_store
 from resume.stream.endpoint import StreamEndpoint
-from resume.transfer.receiver import UploadEndpoint
+from resume.transfer.receiver import UploadEndpoint, UploadLimits
 
 log = logging.getLogger("resume.server")
 
@@ -53,6 +53,8 @@ class ServerConfig:
     retention_age: float | None = 7 * 86400  # seconds a stream message is kept
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    max_connections: int = 1024  # more at once get HTTP 503 (clients retry later)
+    upload_limits: UploadLimits = field(default_factory=UploadLimits)
 
     @property
     def state_dir(self) -> Path:
@@ -84,6 +86,7 @@ class ResumeApp:
         self.store = store or open_store(config.state_dir / "server.db", durable=True)
         self.routes: dict[str, Endpoint] = {}
         self.exact: dict[str, Endpoint] = {}
+        self.active = 0  # connections being served
 
     def mount_prefix(self, prefix: str, endpoint: Endpoint) -> None:
         """Serve ``/<prefix>/<argument>`` with ``endpoint``."""
@@ -110,7 +113,12 @@ class ResumeApp:
         return max(sizes, default=2**20)
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Refuse before the upgrade: 401 for a bad token, 404 for an unknown path."""
+        """Refuse before the upgrade: 400 for a malformed request, 401 for a bad token, 404 for
+        an unknown path, 503 when the server is at its connection limit."""
+        if len(request.headers.get_all("Authorization")) > 1:
+            return connection.respond(
+                HTTPStatus.BAD_REQUEST, "more than one Authorization header\n"
+            )
         if self.config.token is not None:
             supplied = request.headers.get("Authorization", "")
             expected = f"Bearer {self.config.token}"
@@ -120,6 +128,12 @@ class ResumeApp:
                 return response
         if self.route(request.path) is None:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint: {request.path}\n")
+        if self.active >= self.config.max_connections:
+            response = connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE, "too many connections; try again later\n"
+            )
+            response.headers["Retry-After"] = "5"
+            return response
         return None
 
     async def handler(self, connection: ServerConnection) -> None:
@@ -132,11 +146,14 @@ class ResumeApp:
         endpoint, argument = found
         # The server accepts the largest message of any endpoint; narrow it for this one.
         connection.protocol.max_message_size = endpoint.max_message_size
+        self.active += 1
         try:
             await endpoint.handle(connection, argument)
         except Exception:
             log.exception("handler for %s failed", connection.request.path)
             await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self.active -= 1
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for ``websockets.asyncio.server.serve`` that this app needs."""
@@ -146,7 +163,7 @@ class ResumeApp:
             "select_subprotocol": _select_subprotocol,
             "compression": None,
             "max_size": self.max_size(),
-            "max_queue": 64,
+            "max_queue": 16,  # frames; /upload narrows it further to a byte budget
             "write_limit": 2**20,
             "ping_interval": self.config.ping_interval,
             "ping_timeout": self.config.ping_timeout,
@@ -176,6 +193,7 @@ def build_app(config: ServerConfig) -> ResumeApp:
             max_file_size=config.max_file_size,
             max_chunk_size=config.max_chunk_size,
             expire=config.expire,
+            limits=config.upload_limits,
         ),
     )
     app.mount_prefix(

@@ -60,12 +60,54 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="7d",
         help="how long stream messages are kept (default 7d)",
     )
+    limits = parser.add_argument_group(
+        "limits", "what one client may make the server hold (each refused with a clear error)"
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        metavar="AGE",
+        default="60s",
+        help="close an upload connection that sends nothing this long (default 60s; 0 = never)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="connections served at once; more get HTTP 503 and retry later (default 1024)",
+    )
+    limits.add_argument(
+        "--max-files-per-connection",
+        type=int,
+        default=16,
+        metavar="N",
+        help="unfinished uploads one connection may have begun (default 16)",
+    )
+    limits.add_argument(
+        "--max-reserved-per-connection",
+        metavar="SIZE",
+        help="bytes still to come of one connection's unfinished uploads (default: no limit "
+        "beyond free disk space)",
+    )
+    limits.add_argument(
+        "--max-queued",
+        metavar="SIZE",
+        default="32MiB",
+        help="bytes of upload frames read ahead per connection (default 32MiB; at least one chunk)",
+    )
+    limits.add_argument(
+        "--min-free",
+        metavar="SIZE",
+        default="1MiB",
+        help="refuse an upload (disk_full) that would leave less free space (default 1MiB)",
+    )
     parser.set_defaults(run=run)
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
     """Validate the command line into a :class:`ServerConfig`."""
     from resume.server import ServerConfig
+    from resume.transfer.receiver import UploadLimits
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
@@ -73,10 +115,31 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_size = parse_size(args.max_size) if args.max_size else None
         expire = parse_duration(args.expire)
         retention_age = parse_duration(args.retention_age)
+        idle_timeout = parse_duration(args.idle_timeout)
+        reserved = (
+            parse_size(args.max_reserved_per_connection)
+            if args.max_reserved_per_connection
+            else None
+        )
+        queued = parse_size(args.max_queued)
+        min_free = parse_size(args.min_free)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if args.retention_count is not None and args.retention_count < 1:
         raise UsageError("--retention-count must be at least 1")
+    for option, value in (
+        ("--max-connections", args.max_connections),
+        ("--max-files-per-connection", args.max_files_per_connection),
+    ):
+        if value < 1:
+            raise UsageError(f"{option} must be at least 1")
+    limits = UploadLimits(
+        idle_timeout=idle_timeout or None,
+        max_files_per_connection=args.max_files_per_connection,
+        max_reserved_per_connection=reserved,
+        max_queue_bytes=queued,
+        min_free_bytes=min_free,
+    )
     return ServerConfig(
         root=args.root.expanduser().absolute(),
         host=args.host,
@@ -86,6 +149,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         expire=expire or None,
         retention_count=args.retention_count,
         retention_age=retention_age or None,
+        max_connections=args.max_connections,
+        upload_limits=limits,
     )
 
 
@@ -94,8 +159,21 @@ def run(args: argparse.Namespace) -> int:
     if config.root.exists() and not config.root.is_dir():
         raise UsageError(f"--root {config.root} exists and is not a directory")
     config.root.mkdir(parents=True, exist_ok=True)
+    _raise_descriptor_limit()
     asyncio.run(_serve(config))
     return 0
+
+
+def _raise_descriptor_limit() -> None:
+    """Use every descriptor the system allows: connections and uploads each hold some."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
+    except (ImportError, ValueError, OSError):
+        pass  # keep the limit we have
 
 
 async def _serve(config: ServerConfig) -> None:

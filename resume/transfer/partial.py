@@ -40,11 +40,9 @@ class PartialFile:
         try:
             fd = os.open(self.path, FILE_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            self._open()
-            if os.fstat(self.fd).st_size != self.size:
-                os.ftruncate(self.fd, self.size)
+            if os.stat(self.path, follow_symlinks=False).st_size != self.size:
+                os.truncate(self.path, self.size)
             return False
-        self.fd = fd
         try:
             os.ftruncate(fd, self.size)
             os.fsync(fd)
@@ -54,8 +52,10 @@ class PartialFile:
             finally:
                 os.close(directory)
         except BaseException:
-            self.remove()
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
             raise
+        os.close(fd)  # no descriptor until chunks arrive
         return True
 
     def write(self, offset: int, data: bytes | memoryview) -> None:

@@ -225,6 +225,16 @@ class Connection:
                         await self.on_control(frames.decode(message))
                     else:
                         await self.on_chunk(message)
+                except Fenced as exc:
+                    raise ProtocolError(str(exc), close_code=CloseCode.POLICY_VIOLATION) from exc
+                except (OSError, StoreError) as exc:
+                    # The store or the disk failed: say so plainly (never SQL or a path), and
+                    # end this connection; the client retries or stops on disk_full.
+                    log.error("storage failure serving %s: %s", self.peer, exc)
+                    refusal = storage_refusal(exc, "this upload")
+                    await self.refuse(refusal)
+                    await self.close_after(refusal)
+                    break
                 except Refused as refusal:
                     await self.refuse(refusal, getattr(refusal, "file_id", None))
                     if refusal.fatal_to_connection:

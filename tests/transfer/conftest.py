@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from resume.net.backoff import Backoff
 from resume.server import ServerConfig, run_server
 from resume.store import open_store
 from resume.transfer.upload import UploadOptions
+from tests.processes import ServeProcess
 
 
 @dataclass
@@ -100,3 +101,35 @@ def partial_files(root: Path) -> list[str]:
     """Partial uploads still on the server."""
     directory = root / ".resume" / "partial"
     return sorted(os.listdir(directory)) if directory.exists() else []
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start real `resume serve` processes (killed after the test): ``start(*args, root=)``."""
+    started: list[ServeProcess] = []
+
+    def start(
+        *args: str, root: Path | None = None, env: dict[str, str] | None = None
+    ) -> ServeProcess:
+        process = ServeProcess(root or tmp_path / "root", *args, env=env)
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 3 MiB tmpfs to fill up; skipped where this sandbox may not mount."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = os.system(f"mount -t tmpfs -o size=3m tmpfs {mount} 2>/dev/null")
+    if result != 0:
+        pytest.skip("cannot mount a tmpfs here to simulate a full disk")
+    try:
+        yield mount
+    finally:
+        os.system(f"umount -l {mount}")  # lazy: a server may still hold files open

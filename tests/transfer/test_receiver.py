@@ -7,45 +7,19 @@ from pathlib import Path
 
 import pytest
 import xxhash
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
 
-from resume.protocol.frames import SUBPROTOCOL
-from resume.protocol.upload import HEADER_SIZE, Begin, ChunkHeader, new_file_id
+from resume.protocol.upload import HEADER_SIZE, Begin, new_file_id
 from resume.store import Store
+from tests.transfer import wire
 from tests.transfer.conftest import RunningServer, StartServer, make_file, partial_files
 from tests.transfer.test_upload import upload
+from tests.transfer.wire import chunk_frame, closed_with, request
 
 
 async def raw(server: RunningServer, path: str = "/upload", **kwargs: object) -> ClientConnection:
-    return await connect(
-        server.url + path, subprotocols=[SUBPROTOCOL], compression=None, proxy=None, **kwargs
-    )
-
-
-async def request(ws: ClientConnection, message: dict) -> dict:
-    await ws.send(json.dumps(message))
-    return json.loads(await ws.recv())
-
-
-async def closed_with(ws: ClientConnection) -> int:
-    """Wait for the server to close; the close code it sent."""
-    with pytest.raises(ConnectionClosed) as excinfo:
-        for _ in range(10):
-            await ws.recv()
-    assert excinfo.value.rcvd is not None
-    return excinfo.value.rcvd.code
-
-
-def chunk_frame(
-    file_id: str, index: int, offset: int, payload: bytes, checksum: str | None = None
-) -> bytes:
-    frame = bytearray(HEADER_SIZE + len(payload))
-    frame[HEADER_SIZE:] = payload
-    ChunkHeader(file_id, index, offset, checksum or xxhash.xxh3_64_hexdigest(payload)).pack(
-        into=frame
-    )
-    return bytes(frame)
+    return await wire.raw(server.url, path, **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -280,20 +280,6 @@ async def test_server_restart_keeps_what_it_acknowledged(
     assert (server.root / "data.bin").read_bytes() == source.read_bytes()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path):
-    """A 3 MiB tmpfs to fill up; skipped where this sandbox may not mount."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = os.system(f"mount -t tmpfs -o size=3m tmpfs {mount} 2>/dev/null")
-    if result != 0:
-        pytest.skip("cannot mount a tmpfs here to simulate a full disk")
-    try:
-        yield mount
-    finally:
-        os.system(f"umount -l {mount}")  # lazy: a server may still hold files open
-
-
 async def test_disk_full_is_a_clear_error_and_the_server_goes_on(
     start_server: StartServer, client_store: Store, tmp_path: Path, tiny_disk: Path
 ) -> None:
