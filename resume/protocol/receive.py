@@ -121,6 +121,7 @@ class Recovery(enum.Enum):
     # the client's next finish verifies and publishes it
     COMPLETE = "complete"  # the rename happened, the record did not: record it
     COMPLETE_UNLINK = "complete_unlink"  # linked under the final name, the partial name remains
+    REMOVE_PARTIAL = "remove_partial"  # finished or cancelled, yet its partial is still there
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +330,8 @@ def recovery(
         if partial_exists:
             return Recovery.COMPLETE_UNLINK if final_is_partial else Recovery.RECEIVE_AGAIN
         return Recovery.COMPLETE if final_matches else Recovery.FORGET_CHUNKS
+    if partial_exists and not final_is_partial:
+        return Recovery.REMOVE_PARTIAL
     return Recovery.NOTHING
 
 

@@ -109,8 +109,7 @@ class Upload:
         if record.state in (ReceiveState.RECEIVING, ReceiveState.PUBLISHING):
             held = await asyncio.to_thread(repo.held, self.file_id)
         self._adopt(record, held)
-        if record.state in (ReceiveState.RECEIVING, ReceiveState.PUBLISHING):
-            await self._recover()
+        await self._recover()
 
     def _adopt(self, record: ReceivedRecord, held: dict[int, str]) -> None:
         self.record = record
@@ -147,6 +146,9 @@ class Upload:
             final_matches=final_matches,
         )
         if action is Recovery.NOTHING:
+            return
+        if action is Recovery.REMOVE_PARTIAL:  # a crash between a cancel and its unlink
+            await asyncio.to_thread(self.partial.remove)
             return
         log.warning("recovering upload %s (%s): %s", self.file_id, reception.name, action.value)
         if action is Recovery.FORGET_CHUNKS:

@@ -101,7 +101,7 @@ class UploadEndpoint:
         self.connections: set[Connection] = set()
         self.reserved = 0  # bytes still to come of every file owned right now
         self._expiry = Housekeeping(
-            self.expire_idle,
+            self.housekeeping,
             age=expire,
             what="expiring idle partial uploads",
             errors=(OSError, StoreError),
@@ -162,6 +162,30 @@ class UploadEndpoint:
         return st.f_bavail * st.f_frsize - self.reserved
 
     # -- expiry ------------------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        """One round: expire idle partials, remove partials no unfinished upload owns."""
+        await self.expire_idle()
+        await self.sweep_partials()
+
+    async def sweep_partials(self) -> int:
+        """Delete partial files left without an unfinished record (a crash mid-cancel, a
+        record deleted by hand); returns how many went."""
+        names = await asyncio.to_thread(os.listdir, self.root.partial_dir)
+        removed = 0
+        for name in names:
+            file_id, dot, suffix = name.partition(".")
+            if suffix != "part" or not dot or file_id in self.uploads:
+                continue
+            record = await asyncio.to_thread(self.repo.get, file_id)
+            if record is not None and record.state.value in ("receiving", "publishing"):
+                continue
+            if file_id in self.uploads:  # begun while we looked it up
+                continue
+            await asyncio.to_thread(self.root.partial_path(file_id).unlink, missing_ok=True)
+            log.info("removed orphaned partial %s", name)
+            removed += 1
+        return removed
 
     async def expire_idle(self) -> int:
         """Remove partial uploads idle longer than ``expire``; returns how many went."""
