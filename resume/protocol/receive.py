@@ -150,6 +150,8 @@ class Reception:
     overwrite: bool = False  # the owner may replace an existing file at the destination
     _written: dict[int, str] = field(default_factory=dict)  # written, not yet in a sync batch
     _syncing: dict[int, str] = field(default_factory=dict)  # in the sync batch in progress
+    _written_by: dict[int, int] = field(default_factory=dict)  # the epoch that wrote each
+    _syncing_by: dict[int, int] = field(default_factory=dict)
     _error: ReceptionError | None = None
 
     # -- queries -----------------------------------------------------------------------------
@@ -216,6 +218,7 @@ class Reception:
         self.geometry.check_index(index)
         self._written.pop(index, None)
         self._written[index] = checksum  # re-inserted: a rewrite is ordered after older writes
+        self._written_by[index] = epoch
 
     def sync_batch(self) -> SyncBatch | None:
         """Start a sync of everything written so far; None if nothing is."""
@@ -225,16 +228,25 @@ class Reception:
         if not self._written:
             return None
         self._syncing, self._written = self._written, {}
+        self._syncing_by, self._written_by = self._written_by, {}
         return SyncBatch(tuple(self._syncing.items()))
 
     def synced(self, batch: SyncBatch) -> list[tuple[int, str]]:
-        """The batch is fsynced and recorded: it is held now. Returns what to ack."""
+        """The batch is fsynced and recorded: it is held now. Returns what to ack.
+
+        Only chunks the current owner wrote are acked to it: a chunk a fenced owner wrote just
+        before the take-over is held (its bytes are durable and recorded) but acking it to the
+        new owner would confirm bytes that client never sent; it learns of them at its next
+        reconciliation, or resends them.
+        """
         self._check_usable()
         if tuple(self._syncing.items()) != batch.chunks:
             raise self._fail("synced() for a batch that is not the one in progress")
         self.held.update(self._syncing)
-        self._syncing = {}
-        return list(batch.chunks)
+        writers, self._syncing, self._syncing_by = self._syncing_by, {}, {}
+        if not self.owned:
+            return []
+        return [(i, c) for i, c in batch.chunks if writers.get(i) == self.epoch]
 
     def sync_failed(self, batch: SyncBatch) -> None:
         """The batch could not be made durable: none of it is held; the client sends it again."""
@@ -243,7 +255,7 @@ class Reception:
             raise self._fail("sync_failed() for a batch that is not the one in progress")
         for index, _ in batch.chunks:
             self.held.pop(index, None)  # its bytes on disk may be half-rewritten now
-        self._syncing = {}
+        self._syncing, self._syncing_by = {}, {}
 
     # -- finishing ---------------------------------------------------------------------------
 
@@ -284,6 +296,7 @@ class Reception:
         self.owned = False
         self.held.clear()
         self._written.clear()
+        self._written_by.clear()
 
     def abort_publish(self) -> None:
         """Verifying or publishing failed (the destination refused, an I/O error): back to
@@ -295,6 +308,7 @@ class Reception:
         self._move(Event.LOSE, Phase.RECEIVING)
         self.held.clear()
         self._written.clear()
+        self._written_by.clear()
         self.checksum = None
 
     # -- internals ---------------------------------------------------------------------------
