@@ -147,15 +147,15 @@ async def test_bad_channel_names_are_404(server: RunningServer, path: str) -> No
 
 def test_the_in_memory_tail_stays_within_its_count_and_byte_bounds() -> None:
     """Big or many messages never grow a channel's cache past its limits, and it stays contiguous."""
-    from resume.store.streams import ChannelHead
-    from resume.stream.endpoint import RECENT_BYTES, Channel
+    from resume.store.stream_log import ChannelHead
+    from resume.stream.channel import MESSAGE_OVERHEAD, RECENT_BYTES, Channel
 
     channel = Channel("c", ChannelHead(1, 0), recent=100)
     channel.remember(1, ["x"] * 150, 0.0)
     assert len(channel.recent) == 100 and channel.recent[0].seq == 51
     assert channel.cached_after(49, 10) is None  # seq 50 was evicted: read from the log
     assert [m.seq for m in channel.cached_after(60, 3) or []] == [61, 62, 63]
-    big = "y" * (RECENT_BYTES // 4)
+    big = "y" * (RECENT_BYTES // 4 - MESSAGE_OVERHEAD)
     channel.remember(151, [big] * 10, 0.0)
     assert channel.recent_bytes <= RECENT_BYTES
     assert [m.seq for m in channel.recent] == list(range(157, 161))
