@@ -7,7 +7,9 @@ Embed it in your own `websockets` server::
         await asyncio.Future()
 
 Paths: ``/upload`` for resumable uploads, ``/streams/<name>`` for stream channels. The bearer
-token, when configured, is checked before the WebSocket upgrade (HTTP 401 otherwise).
+token (plain, or a scoped JWT: :mod:`resume.auth`), when configured, is checked before the
+WebSocket upgrade (HTTP 401 otherwise; 403 for a path the token does not allow, when the
+endpoint has an ``authorize(principal, argument)`` method).
 """
 
 from __future__ import annotations

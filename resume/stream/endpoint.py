@@ -68,7 +68,7 @@ log = logging.getLogger("resume.streams")
 HELLO_TIMEOUT = 10.0
 MAX_CLIENT_ID = 64
 MAX_INSTANCE = 64
-READ_AHEAD_BYTES = 4 * 2**20  # pub frames read ahead of the appender (then the reader waits)
+READ_AHEAD_BYTES = 2**20  # pub frames read ahead of the appender (then the reader waits)
 INCOMING_FRAMES = 4  # frames websockets buffers for one stream connection before pausing reads
 PUSH_FRAME_BYTES = 512 * 1024  # a msgs frame stays near this size (one bigger message alone)
 
@@ -385,39 +385,43 @@ class StreamConnection:
 
         With a publish quota, each frame is its own commit, stored once the quota allows it.
         """
-        endpoint = self.endpoint
-        quota = endpoint.quota(self.producer)
+        quota = self.endpoint.quota(self.producer)
         while True:
-            first, texts = await self.pubs.get()
-            while quota is None and not self.pubs.empty():
-                next_first, more = self.pubs.peek()
-                if next_first != first + len(texts):  # not a continuation: its own commit
-                    break
-                self.pubs.get_nowait()
-                texts = texts + more
-            if quota is not None:
-                delay = quota.delay(len(texts), sum(len(t) for t in texts))
-                if delay:
-                    await asyncio.sleep(delay)
-            async with channel.lock:
-                if self.fenced:  # a newer connection of this producer took over
-                    raise ClientIdConflict(
-                        "fenced: a newer connection of this producer took over",
-                        close_code=PRODUCER_FENCED,
-                    )
-                appended = await asyncio.to_thread(
-                    endpoint.log.append,
-                    self.name,
-                    self.producer,
-                    first,
-                    texts,
-                    instance=self.instance,
-                    keep=endpoint.retention_count,
+            # One batch per call: its messages are not kept alive while we wait for the next.
+            await self._append_next(channel, quota)
+
+    async def _append_next(self, channel: Channel, quota: Quota | None) -> None:
+        endpoint = self.endpoint
+        first, texts = await self.pubs.get()
+        while quota is None and not self.pubs.empty():
+            next_first, more = self.pubs.peek()
+            if next_first != first + len(texts):  # not a continuation: its own commit
+                break
+            self.pubs.get_nowait()
+            texts.extend(more)  # parse_pub made the list: ours to grow
+        if quota is not None:
+            delay = quota.delay(len(texts), sum(len(t) for t in texts))
+            if delay:
+                await asyncio.sleep(delay)
+        async with channel.lock:
+            if self.fenced:  # a newer connection of this producer took over
+                raise ClientIdConflict(
+                    "fenced: a newer connection of this producer took over",
+                    close_code=PRODUCER_FENCED,
                 )
-                if appended.count:
-                    channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
-                    channel.advance(appended.head)
-            await self.ws.send(frames.encode({"type": "ack", "seq": appended.stored}))
+            appended = await asyncio.to_thread(
+                endpoint.log.append,
+                self.name,
+                self.producer,
+                first,
+                texts,
+                instance=self.instance,
+                keep=endpoint.retention_count,
+            )
+            if appended.count:
+                channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
+                channel.advance(appended.head)
+        await self.ws.send(frames.encode({"type": "ack", "seq": appended.stored}))
 
     async def expire_at(self, expires: float) -> None:
         """End the connection when its token expires (the client reconnects with a new one)."""

@@ -79,7 +79,9 @@ class Outbound:
         if self.closing:
             raise ClientClosed("the client is closing; it takes no more messages")
         async with self._lock:  # cancelled while waiting here or for room: nothing accepted
-            await self._wait_for_room(len(encoded), sum(size for _, size in encoded))
+            size = sum([item[1] for item in encoded])
+            if not self._room(session, len(encoded), size):
+                await self._wait_for_room(len(encoded), size)
             first = session.last_seq + 1
             seqs = list(range(first, first + len(encoded)))
             if self.store is not None:
@@ -166,17 +168,17 @@ class Outbound:
             )
         return text, size
 
+    def _room(self, session: ClientSession, count: int, size: int) -> bool:
+        """Whether ``count`` messages of ``size`` bytes fit (an empty buffer takes anything)."""
+        return session.unacked == 0 or (
+            session.unacked + count <= self.options.max_buffered
+            and session.unacked_bytes + size <= self.options.max_buffered_bytes
+        )
+
     async def _wait_for_room(self, count: int, size: int) -> None:
         session = self._usable()
         options = self.options
-
-        def room() -> bool:
-            return session.unacked == 0 or (
-                session.unacked + count <= options.max_buffered
-                and session.unacked_bytes + size <= options.max_buffered_bytes
-            )
-
-        if room():
+        if self._room(session, count, size):
             return
         if options.overflow == "raise":
             raise BufferFull(
@@ -185,7 +187,9 @@ class Outbound:
                 f"{options.max_buffered_bytes} bytes)"
             )
         async with self.space:
-            await self.space.wait_for(lambda: room() or self.failed() is not None)
+            await self.space.wait_for(
+                lambda: self._room(session, count, size) or self.failed() is not None
+            )
         self._raise_if_failed()
 
     def _count(self, session: ClientSession) -> None:

@@ -161,3 +161,28 @@ def test_the_in_memory_tail_stays_within_its_count_and_byte_bounds() -> None:
     assert [m.seq for m in channel.recent] == list(range(157, 161))
     channel.remember(500, ["z"], 0.0)  # not a continuation: the cache restarts there
     assert [m.seq for m in channel.recent] == [500]
+
+
+async def test_one_live_connection_per_producer_instance(server: RunningServer) -> None:
+    """A second connection of the same instance fences the first (4410, nothing more stored);
+    a connection of another instance is refused (4409) while the first holds the id."""
+    old = await raw(server, "/streams/orders")
+    await request(old, {**hello(client_id="p", subscribe=False), "instance": "X"})
+    assert await request(old, {"type": "pub", "seq": 1, "data": ["one"]}) == {
+        "type": "ack",
+        "seq": 1,
+    }
+    intruder = await raw(server, "/streams/orders")
+    await intruder.send(json.dumps({**hello(client_id="p", subscribe=False), "instance": "Y"}))
+    assert await closed_with(intruder) == 4409
+    new = await raw(server, "/streams/orders")
+    welcome = await request(new, {**hello(client_id="p", subscribe=False), "instance": "X"})
+    assert welcome["acked"] == 1
+    await old.send(json.dumps({"type": "pub", "seq": 2, "data": ["stale"]}))
+    assert await closed_with(old) == 4410
+    assert await request(new, {"type": "pub", "seq": 2, "data": ["two"]}) == {
+        "type": "ack",
+        "seq": 2,
+    }
+    await new.close()
+    assert logged(server) == ["one", "two"]
