@@ -70,6 +70,7 @@ MAX_CLIENT_ID = 64
 MAX_INSTANCE = 64
 READ_AHEAD_BYTES = 2**20  # pub frames read ahead of the appender (then the reader waits)
 INCOMING_FRAMES = 4  # frames websockets buffers for one stream connection before pausing reads
+QUOTAS_KEPT = 1024  # producers' quotas kept before the idle (refilled) ones are dropped
 PUSH_FRAME_BYTES = 512 * 1024  # a msgs frame stays near this size (one bigger message alone)
 
 
@@ -151,6 +152,8 @@ class StreamEndpoint:
             return None
         quota = self.quotas.get(producer)
         if quota is None:
+            if len(self.quotas) >= QUOTAS_KEPT:  # amortized: most of them refilled long ago
+                self.forget_idle_quotas()
             quota = self.quotas[producer] = Quota(self.publish_rate, self.publish_bytes)
         return quota
 
