@@ -78,6 +78,7 @@ async def consume(args: argparse.Namespace, store: Store | None) -> int:
                 print(f"{show(message.data)} (seq {message.seq})", flush=True)
                 printed += 1
                 if args.count is not None and printed >= args.count:
+                    await client.commit()  # printed: taken (leaving the loop does not take it)
                     break
     except (FatalError, UsageError) as exc:  # 401/403/404, a bad URL, a broken protocol
         log.error("stopped: %s", exc)

@@ -17,6 +17,7 @@ Catch at whatever level suits you::
     │       ├── ProtocolError              the peer broke the wire protocol (1002/1003/1007/1009)
     │       ├── GapError                   a stream gap the server can no longer replay
     │       ├── StreamReset                the server's log is behind a consumer's position
+    │       ├── ClientIdConflict           another producer uses this stream client id
     │       ├── ServerError                server could not store the data (disk full, I/O)
     │       └── IntegrityError             bytes do not match what they must be
     │           ├── ChecksumMismatch       a chunk or a whole file failed verification
@@ -165,6 +166,23 @@ class StreamReset(FatalError):
         self.last = last
 
 
+class ClientIdConflict(FatalError):
+    """Another producer uses this client id on this channel (close codes 4409 / 4410).
+
+    Each producer (a process with its own store) needs its own client id: the server would
+    otherwise drop one producer's messages as replays of the other's. Raised, never retried,
+    when the server refuses or fences this producer, or when the server already holds more
+    messages for the id than this producer ever numbered.
+    """
+
+    def __init__(
+        self, message: str, *, client_id: str | None = None, close_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.client_id = client_id
+        self.close_code = close_code
+
+
 class ServerError(FatalError):
     """The server could not store the data: disk full or another I/O error on its side."""
 
@@ -196,6 +214,10 @@ class Verdict(enum.Enum):
 RETRYABLE_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
 # Close codes that mean "you did something wrong", retrying would repeat it.
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
+# Application close codes (4000-4999) of `resume` itself; any other one is retried.
+CLIENT_ID_CONFLICT = 4409  # the client id belongs to another producer instance: refused
+PRODUCER_FENCED = 4410  # a newer connection of the same producer took over: this one stops
+TOKEN_EXPIRED = 4401  # the bearer token expired while connected: reconnect with a fresh one
 
 
 def classify(exc: BaseException) -> Verdict:
@@ -212,6 +234,12 @@ def classify(exc: BaseException) -> Verdict:
 def error_for_close(code: int | None, reason: str = "") -> TransferError:
     """Map a WebSocket close code from the peer to the matching error in this tree."""
     detail = f" ({reason})" if reason else ""
+    if code in (CLIENT_ID_CONFLICT, PRODUCER_FENCED):
+        return ClientIdConflict(
+            f"client id conflict: {reason or 'another producer uses this client id'}; give "
+            "each producer (each process with its own state database) its own client id",
+            close_code=code,
+        )
     if code in FATAL_CLOSE_CODES:
         if code == 1008:
             return Rejected(

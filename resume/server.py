@@ -7,13 +7,14 @@ Embed it in your own `websockets` server::
         await asyncio.Future()
 
 Paths: ``/upload`` for resumable uploads, ``/streams/<name>`` for stream channels. The bearer
-token, when configured, is checked before the WebSocket upgrade (HTTP 401 otherwise).
+token (plain, or a scoped JWT: :mod:`resume.auth`), when configured, is checked before the
+WebSocket upgrade (HTTP 401 otherwise; 403 for a path the token does not allow, when the
+endpoint has an ``authorize(principal, argument)`` method).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from resume.auth import Authenticator
 from resume.errors import UsageError
 from resume.protocol.frames import SUBPROTOCOL, CloseCode
 from resume.store import Store, open_store
@@ -55,6 +57,13 @@ class ServerConfig:
     ping_timeout: float | None = 20.0
     max_connections: int = 1024  # more at once get HTTP 503 (clients retry later)
     upload_limits: UploadLimits = field(default_factory=UploadLimits)
+    # scoped tokens (resume.auth): JWTs signed with this secret, or verified with this PEM key
+    jwt_secret: str | None = None
+    jwt_public_key: Path | None = None
+    # stream memory and quotas (resume.stream.endpoint)
+    tail_memory: int = 64 * 2**20  # all channels' in-memory tails together, bytes
+    publish_rate: float | None = None  # messages per second per producer (None: no limit)
+    publish_bytes: float | None = None  # bytes per second per producer (None: no limit)
 
     @property
     def state_dir(self) -> Path:
@@ -83,6 +92,9 @@ class ResumeApp:
             raise UsageError(f"--root {root} is not a directory")
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
+        self.auth = Authenticator.from_files(
+            token=config.token, jwt_secret=config.jwt_secret, jwt_public_key=config.jwt_public_key
+        )
         self.store = store or open_store(config.state_dir / "server.db", durable=True)
         self.routes: dict[str, Endpoint] = {}
         self.exact: dict[str, Endpoint] = {}
@@ -114,20 +126,21 @@ class ResumeApp:
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Refuse before the upgrade: 400 for a malformed request, 401 for a bad token, 404 for
-        an unknown path, 503 when the server is at its connection limit."""
+        an unknown path, 403 for a path the token does not allow (``resume.auth``), 503 when the
+        server is at its connection limit."""
         if len(request.headers.get_all("Authorization")) > 1:
             return connection.respond(
                 HTTPStatus.BAD_REQUEST, "more than one Authorization header\n"
             )
-        if self.config.token is not None:
-            supplied = request.headers.get("Authorization", "")
-            expected = f"Bearer {self.config.token}"
-            if not hmac.compare_digest(supplied.encode(), expected.encode()):
-                response = connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="resume"'
-                return response
-        if self.route(request.path) is None:
+        refused = self.auth.process_request(connection, request)
+        if refused is not None:
+            return refused
+        found = self.route(request.path)
+        if found is None:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint: {request.path}\n")
+        refused = self.auth.authorize(connection, *found)
+        if refused is not None:
+            return refused
         if self.active >= self.config.max_connections:
             response = connection.respond(
                 HTTPStatus.SERVICE_UNAVAILABLE, "too many connections; try again later\n"
@@ -203,6 +216,9 @@ def build_app(config: ServerConfig) -> ResumeApp:
             max_message_size=config.stream_max_message,
             retention_count=config.retention_count,
             retention_age=config.retention_age,
+            tail_memory=config.tail_memory,
+            publish_rate=config.publish_rate,
+            publish_bytes=config.publish_bytes,
         ),
     )
     return app

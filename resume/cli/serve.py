@@ -40,6 +40,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="require 'Authorization: Bearer TOKEN' (default: $RESUME_TOKEN; unset = no auth)",
     )
     parser.add_argument(
+        "--jwt-secret",
+        metavar="SECRET",
+        default=os.environ.get("RESUME_JWT_SECRET"),
+        help=(
+            "also accept JWTs signed with this HS256/384/512 secret (at least 32 bytes) as "
+            "scoped tokens: claims sub, exp, channels, uploads (default: $RESUME_JWT_SECRET)"
+        ),
+    )
+    parser.add_argument(
+        "--jwt-public-key",
+        metavar="FILE",
+        type=Path,
+        help="also accept JWTs verified with this PEM public key (RS*, PS*, ES*, EdDSA)",
+    )
+    parser.add_argument(
         "--max-size", metavar="SIZE", help="largest file accepted, e.g. 10GiB (default: no limit)"
     )
     parser.add_argument(
@@ -101,6 +116,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="1MiB",
         help="refuse an upload (disk_full) that would leave less free space (default 1MiB)",
     )
+    parser.add_argument(
+        "--tail-memory",
+        metavar="SIZE",
+        default="64MiB",
+        help="newest stream messages kept in memory over all channels (default 64MiB)",
+    )
+    parser.add_argument(
+        "--publish-rate",
+        metavar="N",
+        type=float,
+        help="stream messages per second each producer may publish (default: no limit)",
+    )
+    parser.add_argument(
+        "--publish-bytes",
+        metavar="SIZE",
+        help="stream bytes per second each producer may publish, e.g. 1MiB (default: no limit)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -123,6 +155,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         )
         queued = parse_size(args.max_queued)
         min_free = parse_size(args.min_free)
+        tail_memory = parse_size(args.tail_memory)
+        publish_bytes = parse_size(args.publish_bytes) if args.publish_bytes else None
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if args.retention_count is not None and args.retention_count < 1:
@@ -140,6 +174,10 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_queue_bytes=queued,
         min_free_bytes=min_free,
     )
+    if args.publish_rate is not None and not args.publish_rate > 0:
+        raise UsageError("--publish-rate must be positive")
+    if publish_bytes is not None and publish_bytes < 1:
+        raise UsageError("--publish-bytes must be positive")
     return ServerConfig(
         root=args.root.expanduser().absolute(),
         host=args.host,
@@ -151,6 +189,11 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         retention_age=retention_age or None,
         max_connections=args.max_connections,
         upload_limits=limits,
+        jwt_secret=args.jwt_secret or None,
+        jwt_public_key=args.jwt_public_key.expanduser() if args.jwt_public_key else None,
+        tail_memory=tail_memory,
+        publish_rate=args.publish_rate,
+        publish_bytes=publish_bytes,
     )
 
 

@@ -266,10 +266,9 @@ async def _tail(args: argparse.Namespace) -> int:
                 client, asyncio.create_task(_print(client, args.count))
             )
         except Interrupted:
-            return EXIT_INTERRUPTED  # closing (below) saves the position of the last line
+            return EXIT_INTERRUPTED  # every printed line was committed as it was printed
         except BrokenPipeError:
-            await client.close(take_held=False)  # the last line may not have been read
-            return 0
+            return 0  # the last line may not have been read: it stays untaken
         finally:
             await client.close()
         return 0
@@ -280,6 +279,7 @@ async def _print(client: StreamClient, count: int | None) -> None:
     async for message in client:
         sys.stdout.write(_line(message.data) + "\n")
         sys.stdout.flush()
+        await client.commit()  # printed: taken, even if we stop before asking for the next
         printed += 1
         if count is not None and printed >= count:
             return

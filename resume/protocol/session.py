@@ -8,7 +8,8 @@ and never reads the clock, so every interleaving can be tested without sockets.
 Wire messages on ``/streams/<channel>`` (JSON text frames)::
 
     client -> server
-      {"type":"hello", "client_id":..., "after": N | "start" | "end", "subscribe": bool}
+      {"type":"hello", "client_id":..., "instance":..., "after": N | "start" | "end",
+       "subscribe": bool}
       {"type":"pub", "seq": first, "data": [m1, m2, ...]}        client seqs first, first+1, ...
       {"type":"ack", "seq": n}                                    took server seqs up to n
     server -> client
@@ -21,6 +22,13 @@ Outbound: every message gets the next client seq and stays buffered until the se
 cumulative ack covers it; after a reconnect the ``welcome`` says what the server already
 stored and everything after it is sent again. The server drops anything at or below what it
 stored for this client id, so nothing is stored twice.
+
+Producer identity: ``hello.instance`` names this producer instance (a nonce kept with the seq
+counter), so the server refuses another instance that presents the same client id. And the
+server can never legitimately hold more of this producer's messages than it ever numbered
+(what earlier processes gave out, plus what this one wrote): a ``welcome`` that says otherwise
+means another producer used the id, and is a :class:`ClientIdConflict`, never silently taken
+as an ack of messages the server does not have.
 
 Inbound: the session remembers the last server seq it handed to the application; anything at
 or below it is a duplicate and dropped. ``hello.after`` asks the server to replay from there.
@@ -36,7 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from resume.errors import ProtocolError, StreamReset
+from resume.errors import ClientIdConflict, ProtocolError, StreamReset
 from resume.protocol.frames import CloseCode, seq_field
 
 
@@ -104,13 +112,15 @@ class ClientSession:
     ``after`` is the last server seq this consumer already took (from a durable cursor), or a
     :class:`Start` for a consumer without one. ``pending`` are outbound messages a previous
     process accepted but the server never confirmed (a durable outbox); ``last_seq`` is the
-    highest client seq ever given out, so seqs are never reused.
+    highest client seq ever given out, so seqs are never reused. ``instance`` is the producer
+    instance nonce sent in ``hello`` (None: the server cannot tell instances apart).
     """
 
     def __init__(
         self,
         client_id: str,
         *,
+        instance: str | None = None,
         after: int | Start = Start.END,
         pending: Iterable[tuple[int, Any]] = (),
         last_seq: int = 0,
@@ -119,6 +129,7 @@ class ClientSession:
         max_batch_bytes: int = 512 * 1024,
     ) -> None:
         self.client_id = client_id
+        self.instance = instance
         self.state = SessionState.DISCONNECTED
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
@@ -127,6 +138,10 @@ class ClientSession:
             sorted((seq, data, _size(data)) for seq, data in pending)
         )
         self.last_seq = max([last_seq, acked, *(item[0] for item in self._outbox)])
+        self.unacked_bytes = sum(item[2] for item in self._outbox)
+        # The most the server can hold from us: every seq earlier processes gave out (they may
+        # have written them all), plus what this one wrote. More in a welcome: another producer.
+        self._may_be_stored = self.last_seq
         self.acked = acked  # highest client seq the server confirmed
         self._written = acked  # highest client seq written on the current connection
         self._after: int | Start = after
@@ -147,7 +162,9 @@ class ClientSession:
         if self.state is SessionState.CLOSED:
             raise _protocol_error("session is closed")
         self.last_seq += 1
-        self._outbox.append((self.last_seq, data, _size(data) if size is None else size))
+        size = _size(data) if size is None else size
+        self._outbox.append((self.last_seq, data, size))
+        self.unacked_bytes += size
         return self.last_seq
 
     @property
@@ -188,6 +205,7 @@ class ClientSession:
             frames.append({"type": "pub", "seq": first, "data": batch})
         if frames:
             self._written = self._outbox[-1][0]
+            self._may_be_stored = max(self._may_be_stored, self._written)
         return frames
 
     # -- connection lifecycle --------------------------------------------------------------------
@@ -200,7 +218,10 @@ class ClientSession:
         self.state = SessionState.HANDSHAKING
         self._written = self.acked
         after: int | str = self.position if self.position is not None else str(self._after)
-        return {"type": "hello", "client_id": self.client_id, "after": after}
+        hello: dict[str, Any] = {"type": "hello", "client_id": self.client_id, "after": after}
+        if self.instance is not None:
+            hello["instance"] = self.instance
+        return hello
 
     def disconnected(self) -> None:
         """The connection dropped: everything unacked will be written again on the next one."""
@@ -229,7 +250,16 @@ class ClientSession:
         if kind == "welcome":
             if self.state is not SessionState.HANDSHAKING:
                 raise _protocol_error(f"welcome while {self.state}")
-            result.newly_acked = self._confirm(seq_field(message, "acked"))
+            acked = seq_field(message, "acked")
+            if acked > self._may_be_stored:
+                raise ClientIdConflict(
+                    f"the server holds messages up to seq {acked} from client id "
+                    f"{self.client_id!r}, but this producer only ever numbered "
+                    f"{self._may_be_stored}: another producer used this id (or this producer's "
+                    "store is older than the server's); give each producer its own client id",
+                    client_id=self.client_id,
+                )
+            result.newly_acked = self._confirm(acked)
             position = seq_field(message, "position")
             last = seq_field(message, "last")
             if self.position is not None and self.position > last:
@@ -286,7 +316,7 @@ class ClientSession:
             raise _protocol_error(f"server acknowledged seq {seq}, we only sent {self.last_seq}")
         confirmed = 0
         while self._outbox and self._outbox[0][0] <= seq:
-            self._outbox.popleft()
+            self.unacked_bytes -= self._outbox.popleft()[2]
             confirmed += 1
         self.acked = max(self.acked, seq)
         self._written = max(self._written, self.acked)

@@ -14,7 +14,8 @@ from resume.store import migrate
 from resume.store.engine import make_engine, resolve_url, sqlite_path
 from resume.store.errors import store_errors
 from resume.store.received import ReceivedRepository
-from resume.store.streams import StreamClientRepository, StreamLogRepository
+from resume.store.stream_client import StreamClientRepository
+from resume.store.stream_log import StreamLogRepository
 from resume.store.transfers import TransferRepository
 
 

@@ -156,6 +156,8 @@ class ReceivedChunk(Base):
 
 
 # -- streams ------------------------------------------------------------------------------------
+PRODUCER_ID = 255  # a client id (64) namespaced by its principal's quoted sub (at most 128)
+
 # Server side: the durable log of every channel, and what each producer has already stored.
 
 
@@ -177,7 +179,7 @@ class StreamMessage(Base):
 
     channel: Mapped[str] = mapped_column(String(128), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    producer: Mapped[str] = mapped_column(String(64))
+    producer: Mapped[str] = mapped_column(String(PRODUCER_ID))
     producer_seq: Mapped[int] = mapped_column(BigInteger)
     data: Mapped[str] = mapped_column(Text)  # the message as JSON
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
@@ -186,13 +188,19 @@ class StreamMessage(Base):
 
 
 class StreamProducer(Base):
-    """Server side: the highest client seq stored per (channel, client id), for dedup."""
+    """Server side: per (channel, producer), the highest client seq stored and its owner.
+
+    ``client_id`` is the client's id namespaced by its principal (``resume.auth``).
+    ``instance`` is the producer instance that owns the id: another instance's messages under
+    it are refused, never dropped as replays.
+    """
 
     __tablename__ = "stream_producers"
 
     channel: Mapped[str] = mapped_column(String(128), primary_key=True)
-    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(PRODUCER_ID), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger)
+    instance: Mapped[str | None] = mapped_column(String(64))
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
@@ -212,7 +220,11 @@ class OutboxMessage(Base):
 
 
 class OutboxSequence(Base):
-    """Client side: the last seq given out, so seqs are never reused after a restart."""
+    """Client side: the last seq given out, so seqs are never reused after a restart.
+
+    ``instance`` names this producer to the server (a restart with this store is the same
+    producer); ``holder`` is the process producing from it now (a second one fences the first).
+    """
 
     __tablename__ = "stream_sequences"
 
@@ -220,6 +232,8 @@ class OutboxSequence(Base):
     channel: Mapped[str] = mapped_column(String(512), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger)
     acked_seq: Mapped[int] = mapped_column(BigInteger)  # highest seq the server confirmed
+    instance: Mapped[str | None] = mapped_column(String(64))
+    holder: Mapped[str | None] = mapped_column(String(32))
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
 
 

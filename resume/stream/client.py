@@ -10,8 +10,9 @@
 The client keeps one WebSocket session alive across drops with the shared reconnect loop
 (:class:`resume.net.connector.Reconnector`: exponential backoff with full jitter, a reset
 only after a connection stayed up, heartbeats, fatal errors raised at once). The seq/ack/replay
-logic is the sans-I/O :class:`resume.protocol.session.ClientSession`; this module only moves
-frames, time and the durable state through it.
+logic is the sans-I/O :class:`resume.protocol.session.ClientSession`; this module moves frames
+and time through it, and hands sending to :class:`resume.stream.outbound.Outbound` and receiving
+to :class:`resume.stream.inbound.Inbound`.
 
 Durable mode (``store=`` and a stable ``client_id``): ``send()`` returns once the message is in
 the local outbox, and a restarted process resends what the server never confirmed; with a
@@ -24,12 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from websockets.asyncio.client import ClientConnection
@@ -37,93 +36,29 @@ from websockets.asyncio.client import ClientConnection
 from resume.errors import (
     AckTimeout,
     ConnectionLost,
-    GapError,
     HandshakeTimeout,
     ProtocolError,
     ResumeError,
     UsageError,
 )
-from resume.net.backoff import Backoff
-from resume.net.connector import (
-    ConnectionEvent,
-    ConnectOptions,
-    HeadersFactory,
-    Reconnector,
-    UrlFactory,
-)
+from resume.net.connector import ConnectionEvent, HeadersFactory, Reconnector, UrlFactory
 from resume.protocol import frames
-from resume.protocol.session import ClientSession, Gap, Message, SessionState, Start
+from resume.protocol.session import ClientSession, Gap, Message, Received, SessionState, Start
 from resume.store import Store
+from resume.stream.inbound import Inbound
+from resume.stream.options import (
+    MAX_MESSAGE_BYTES,
+    BufferFull,
+    ClientClosed,
+    StreamEvent,
+    StreamOptions,
+    StreamStats,
+)
+from resume.stream.outbound import Outbound
 
 log = logging.getLogger("resume.stream")
 
-MAX_MESSAGE_BYTES = 1_000_000  # one encoded message; the server's default frame limit is 1 MiB
-MAX_QUEUED = 8192  # received, not yet taken: beyond this the client stops reading the socket
-
-
-class BufferFull(ResumeError):
-    """``send()`` found the outbound buffer full and the client was told not to wait."""
-
-
-class ClientClosed(ResumeError):
-    """The client was closed; it takes no more messages."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """Something the client did: for callbacks, logs and tests.
-
-    ``kind`` is one of ``connected``, ``disconnected``, ``retrying``, ``gave_up`` (from the
-    reconnect loop), ``replay`` (``count`` unacknowledged messages are sent again after a
-    reconnect) or ``gap`` (``gap`` was trimmed on the server: not recovered).
-    """
-
-    kind: Literal["connected", "disconnected", "retrying", "gave_up", "replay", "gap"]
-    attempt: int = 0
-    error: ResumeError | None = None
-    delay: float | None = None
-    count: int = 0
-    gap: Gap | None = None
-
-
-@dataclass(slots=True)
-class StreamStats:
-    """Counters of one client."""
-
-    connects: int = 0
-    reconnects: int = 0
-    sent: int = 0  # messages send() accepted
-    acked: int = 0  # of those, confirmed stored by the server
-    replayed: int = 0  # messages written again after a reconnect
-    received: int = 0  # messages handed to the application
-    duplicates: int = 0  # messages received again and dropped by seq
-    gaps: int = 0  # ranges reported as not recovered
-    buffered: int = 0  # accepted, not yet confirmed (right now)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamOptions:
-    """Tuning of a :class:`StreamClient`; the defaults suit most applications."""
-
-    connect: ConnectOptions = field(default_factory=lambda: ConnectOptions(max_size=4 * 2**20))
-    backoff: Backoff = field(default_factory=Backoff)
-    max_buffered: int = 10_000  # outbound messages held until acked; then send() waits/raises
-    overflow: Literal["wait", "raise"] = "wait"
-    handshake_timeout: float = 10.0  # hello sent, no welcome: reconnect
-    ack_timeout: float = 30.0  # data sent, no ack for this long: reconnect
-    close_timeout: float = 10.0  # how long close() waits for in-flight acks
-    max_attempts: int | None = None  # consecutive failures before giving up (None: forever)
-    give_up_after: float | None = None  # seconds of consecutive failure before giving up
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-
-    def __post_init__(self) -> None:
-        if self.max_buffered < 1:
-            raise UsageError("max_buffered must be at least 1")
-        if self.overflow not in ("wait", "raise"):
-            raise UsageError("overflow must be 'wait' or 'raise'")
-
-
-_END = object()  # queued after the last message: the client closed or failed
+MAX_QUEUED = StreamOptions().max_received  # the default bound of received, not taken messages
 
 
 class StreamClient:
@@ -131,12 +66,14 @@ class StreamClient:
 
     ``key`` names this stream's durable state (default: the URL). ``client_id`` names this
     producer to the server (dedup of replays): a stable one needs ``store`` (the seq counter
-    must survive the process); without one a random id is made per client. ``consumer`` names
-    the position kept in ``store``. ``start`` is where a consumer without a stored position begins: ``"end"`` (only new
-    messages) or ``"start"`` (the oldest the server still keeps). ``subscribe=False`` makes a
-    producer that receives nothing. ``on_gap``: called for ranges the server trimmed before we
-    took them; without it the iterator raises :class:`resume.errors.GapError` once per gap (you
-    may catch it and go on iterating).
+    must survive the process); without one a random id is made per client. Each producer
+    (each process with its own store) needs its own client id: the server refuses a second one
+    with :class:`resume.errors.ClientIdConflict`. ``consumer`` names the position kept in
+    ``store``. ``start`` is where a consumer without a stored position begins: ``"end"`` (only
+    new messages) or ``"start"`` (the oldest the server still keeps). ``subscribe=False`` makes
+    a producer that receives nothing. ``on_gap``: called for ranges the server trimmed before
+    we took them; without it the iterator raises :class:`resume.errors.GapError` once per gap
+    (you may catch it and go on iterating).
     """
 
     def __init__(
@@ -184,7 +121,6 @@ class StreamClient:
         self.start_at = Start(start)
         self.store = store
         self.on_event = on_event
-        self.on_gap = on_gap
         self.stats = StreamStats()
         connect = self.options.connect
         if token is not None:
@@ -201,18 +137,33 @@ class StreamClient:
             app_handshake=True,
         )
         self.session: ClientSession | None = None
-        self._inbound: asyncio.Queue[Any] = asyncio.Queue()
-        self._ready = asyncio.Event()  # welcomed once, or failed
-        self._room = asyncio.Event()  # the inbound queue is below MAX_QUEUED
-        self._room.set()
-        self._held: Message | None = None
         self._wake = asyncio.Event()  # something to write
-        self._space = asyncio.Condition()  # the outbound buffer shrank
-        self._send_lock = asyncio.Lock()
+        self._ready = asyncio.Event()  # welcomed once, or failed
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closing = False
         self._waiting_since: float | None = None  # unacked data written, no ack since
+        self._outbound = Outbound(
+            client_id=self.client_id,
+            key=self.key,
+            store=store,
+            durable=store is not None and not self._random_id,
+            options=self.options,
+            stats=self.stats,
+            wake=self._wake,
+            failed=lambda: self._error,
+            fail=self._fail,
+        )
+        self._inbound = Inbound(
+            consumer=consumer,
+            key=self.key,
+            store=store,
+            options=self.options,
+            stats=self.stats,
+            wake=self._wake,
+            failed=lambda: self._error,
+            on_gap=on_gap,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -220,48 +171,45 @@ class StreamClient:
         """Load the durable state (if any) and start connecting in the background."""
         if self._task is not None:
             return self
-        pending: list[tuple[int, Any]] = []
-        last_seq = acked = 0
-        after: int | Start = self.start_at
-        if self.store is not None:
-            repo = self.store.stream_client
-            if not self._random_id:
-                outbox = await asyncio.to_thread(repo.load_outbox, self.client_id, self.key)
-                pending, last_seq, acked = outbox.pending, outbox.last_seq, outbox.acked
-            if self.consumer is not None:
-                cursor = await asyncio.to_thread(repo.cursor, self.consumer, self.key)
-                after = self.start_at if cursor is None else cursor
+        outbox = await self._outbound.open()
+        cursor = await self._inbound.position()
         self.session = ClientSession(
             self.client_id,
-            after=after,
-            pending=pending,
-            last_seq=last_seq,
-            acked=acked,
+            # a random id is its own producer; a durable one is the instance in its store
+            instance=outbox.instance or uuid.uuid4().hex,
+            after=self.start_at if cursor is None else cursor,
+            pending=outbox.pending,
+            last_seq=outbox.last_seq,
+            acked=outbox.acked,
             max_batch_bytes=min(512 * 1024, self.options.max_message_bytes),
         )
+        self._outbound.session = self._inbound.session = self.session
         self.stats.buffered = self.session.unacked
+        self.stats.buffered_bytes = self.session.unacked_bytes
         self._task = asyncio.create_task(self._run(), name=f"resume-stream {self.key}")
         return self
 
     async def __aenter__(self) -> StreamClient:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        await self.close(take_held=exc_type is None)
+    async def __aexit__(self, *exc: object) -> None:
+        # The held message is not taken: leaving the block (a break out of `async for`, an
+        # exception) may come before the application processed it. commit() first if it did.
+        await self.close(take_held=False)
 
-    async def close(self, *, take_held: bool = True, timeout: float | None = None) -> int:
+    async def close(self, *, take_held: bool = False, timeout: float | None = None) -> int:
         """Stop taking messages, wait (bounded) for in-flight acks, close with 1000.
 
-        ``take_held``: count the message the iterator last returned as taken. Returns how
-        many sent messages the server has not confirmed (0 is a clean close; in durable mode
-        they stay in the outbox for the next run).
+        ``take_held=True`` counts the message the iterator last returned as taken (the same
+        as :meth:`commit` first). Returns how many sent messages the server has not confirmed
+        (0 is a clean close; in durable mode they stay in the outbox for the next run).
         """
         if self._task is None:
             return 0
-        self._closing = True
-        if take_held and self._held is not None and self._error is None:
-            await self._take(self._held)
-        self._held = None
+        self._closing = self._outbound.closing = True
+        if take_held and self._error is None:
+            await self._inbound.commit()
+        self._inbound.held = None
         self._wake.set()
         session = self.session
         assert session is not None
@@ -276,7 +224,7 @@ class StreamClient:
         except ResumeError:
             pass  # already recorded in self._error
         await asyncio.gather(self._task, return_exceptions=True)
-        self._inbound.put_nowait(_END)
+        self._inbound.end()
         unconfirmed = session.unacked
         if unconfirmed and self._error is None:  # after a fatal error, the error says it all
             log.warning("closed with %d message(s) not confirmed by the server", unconfirmed)
@@ -307,81 +255,23 @@ class StreamClient:
 
         Returns once the message is buffered (durable mode: once it is in the local store).
         Waits while the buffer is full (or raises :class:`BufferFull` with
-        ``overflow="raise"``); raises the client's fatal error if it has one.
+        ``overflow="raise"``); raises the client's fatal error if it has one. Cancelled, it
+        either accepted the message (then it is sent) or not (then it never is): see
+        :mod:`resume.stream.outbound`.
         """
         [seq] = await self.send_many([data])
         return seq
 
     async def send_many(self, items: Iterable[Any]) -> list[int]:
         """Queue several messages at once (one store commit in durable mode)."""
-        encoded = [self._encode(item) for item in items]  # (JSON text, its size in bytes)
-        session = self._usable_session()
+        self._usable_session()
         if self.store is not None and self._random_id:
             raise UsageError("durable sends need a stable client_id; this client has none")
-        if self._closing:
-            raise ClientClosed("the client is closing; it takes no more messages")
-        async with self._send_lock:
-            await self._wait_for_room(len(encoded))
-            first = session.last_seq + 1
-            seqs = list(range(first, first + len(encoded)))
-            if self.store is not None:
-                await asyncio.to_thread(
-                    self.store.stream_client.add,
-                    self.client_id,
-                    self.key,
-                    [(seq, text) for seq, (text, _) in zip(seqs, encoded, strict=True)],
-                )
-            for text, size in encoded:
-                session.send(text, size)
-        self.stats.sent += len(encoded)
-        self.stats.buffered = session.unacked
-        self._wake.set()
-        if session.unwritten >= session.max_batch:
-            await asyncio.sleep(0)  # a full batch is waiting: let the writer send it now
-        return seqs
+        return await self._outbound.send_many(items)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until the server confirmed every message sent so far."""
-        session = self._usable_session()
-        async with self._space:
-            await asyncio.wait_for(
-                self._space.wait_for(lambda: session.unacked == 0 or self._error is not None),
-                timeout,
-            )
-        self._raise_if_failed()
-
-    def _encode(self, data: Any) -> tuple[str, int]:
-        """The message as compact JSON, and its size in UTF-8 bytes (checked against the limit)."""
-        try:
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"message is not JSON-serializable: {exc}") from exc
-        size = len(text.encode())
-        if size > self.options.max_message_bytes:
-            raise UsageError(
-                f"message of {size} bytes is larger than the limit of "
-                f"{self.options.max_message_bytes}"
-            )
-        return text, size
-
-    async def _wait_for_room(self, count: int) -> None:
-        session = self._usable_session()
-        limit = self.options.max_buffered
-        if session.unacked + count <= limit or session.unacked == 0:
-            return
-        if self.options.overflow == "raise":
-            raise BufferFull(
-                f"{session.unacked} messages are waiting for the server (limit {limit})"
-            )
-        async with self._space:
-            await self._space.wait_for(
-                lambda: (
-                    session.unacked + count <= limit
-                    or session.unacked == 0
-                    or self._error is not None
-                )
-            )
-        self._raise_if_failed()
+        await self._outbound.flush(timeout)
 
     # -- receiving -------------------------------------------------------------------------------
 
@@ -397,44 +287,11 @@ class StreamClient:
 
     async def receive(self) -> Message | None:
         """The next message, or None once the client is closed (raises its fatal error)."""
-        await self.commit()  # asking for the next one means the previous one was taken
-        while True:
-            item = await self._inbound.get()
-            if self._inbound.qsize() < MAX_QUEUED:
-                self._room.set()
-            if item is _END:
-                self._inbound.put_nowait(_END)  # every later call ends too
-                self._raise_if_failed()
-                return None
-            if isinstance(item, Gap):
-                if self.on_gap is not None:
-                    self.on_gap(item)
-                    continue
-                raise GapError(
-                    f"messages {item.first}..{item.last} were trimmed on the server before "
-                    "this consumer took them: not recovered",
-                    first=item.first,
-                    last=item.last,
-                )
-            self._held = item
-            self.stats.received += 1
-            return item
+        return await self._inbound.receive()
 
     async def commit(self) -> None:
         """Count the message last returned as taken now (it otherwise is at the next one)."""
-        if self._held is not None:
-            held, self._held = self._held, None
-            await self._take(held)
-
-    async def _take(self, message: Message) -> None:
-        session = self.session
-        assert session is not None
-        if self.store is not None and self.consumer is not None:
-            await asyncio.to_thread(
-                self.store.stream_client.set_cursor, self.consumer, self.key, message.seq
-            )
-        session.take(message.seq)
-        self._wake.set()
+        await self._inbound.commit()
 
     # -- the connection --------------------------------------------------------------------------
 
@@ -448,9 +305,15 @@ class StreamClient:
             log.debug("stream %s stopped: %s", self.key, exc)
         finally:
             self._ready.set()
-            self._inbound.put_nowait(_END)
-            async with self._space:
-                self._space.notify_all()
+            self._inbound.end()
+            await self._outbound.notify()
+
+    def _fail(self, error: BaseException) -> None:
+        """A fatal error found outside the connection (e.g. by send()): stop the client."""
+        if self._error is None:
+            self._error = error
+        if self._task is not None:
+            self._task.cancel()
 
     async def _connection(self, ws: ClientConnection) -> None:
         session = self.session
@@ -469,7 +332,7 @@ class StreamClient:
                 raise ProtocolError("expected welcome", close_code=frames.CloseCode.PROTOCOL_ERROR)
             self._reconnector.established()
             self._ready.set()
-            await self._apply(result)
+            await self._apply(result, len(raw))
             resend = min(resend, session.unacked)  # the welcome may confirm some of them
             if resend:
                 self.stats.replayed += resend
@@ -491,37 +354,29 @@ class StreamClient:
     async def _read(self, ws: ClientConnection) -> None:
         session = self.session
         assert session is not None
+        room = self._inbound.room
         async for raw in ws:
-            await self._apply(session.receive(frames.decode(raw)))
-            if self._inbound.qsize() >= MAX_QUEUED:  # the application is behind: pause
-                self._room.clear()
-                await self._room.wait()
+            await self._apply(session.receive(frames.decode(raw)), len(raw))
+            if not room.is_set():  # the application is behind: stop reading until it catches up
+                await room.wait()
                 if self._waiting_since is not None:  # acks could not be read meanwhile
                     self._waiting_since = time.monotonic()
         # websockets ends the iteration quietly on a 1000/1001 close: for us that is a drop
         code = ws.close_code
         raise ConnectionLost(f"server closed the connection ({code})", close_code=code)
 
-    async def _apply(self, result: Any) -> None:
+    async def _apply(self, result: Received, nbytes: int) -> None:
         session = self.session
         assert session is not None
         if result.newly_acked:
-            if self.store is not None and not self._random_id:
-                await asyncio.to_thread(
-                    self.store.stream_client.confirm, self.client_id, self.key, session.acked
-                )
-            self.stats.acked += result.newly_acked
-            self.stats.buffered = session.unacked
+            await self._outbound.confirmed(session, result.newly_acked)
             self._waiting_since = time.monotonic() if session.unacked else None
-            self._wake.set()  # a closing writer may be waiting for exactly this
-            async with self._space:
-                self._space.notify_all()
         self.stats.duplicates += result.duplicates
         for event in result.events:
             if isinstance(event, Gap):
                 self.stats.gaps += 1
                 self._emit(StreamEvent("gap", gap=event))
-            self._inbound.put_nowait(event)
+        self._inbound.put(result.events, nbytes)
 
     async def _write(self, ws: ClientConnection) -> None:
         session = self.session
@@ -539,7 +394,7 @@ class StreamClient:
                 await ws.send(frames.encode(ack))
             if self._closing and session.unacked == 0:
                 return
-            if self._waiting_since is not None and self._room.is_set():
+            if self._waiting_since is not None and self._inbound.room.is_set():
                 waited = time.monotonic() - self._waiting_since
                 if waited > timeout:
                     raise AckTimeout(f"no acknowledgement from the server for {waited:.0f}s")
@@ -600,6 +455,7 @@ def _pub_frame(frame: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
     "BufferFull",
     "ClientClosed",
     "StreamClient",

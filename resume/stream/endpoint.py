@@ -1,14 +1,30 @@
 """The server side of streams: the ``/streams/<channel>`` endpoint of `resume serve`.
 
-Per connection: the client says ``hello`` (its client id and where its consumer is), the server
-answers ``welcome`` (the highest client seq it stored for that id, the retained range, where
-delivery starts). Then, concurrently:
+Per connection: the client says ``hello`` (its client id, its producer instance, where its
+consumer is), the server answers ``welcome`` (the highest client seq it stored for that
+producer, the retained range, where delivery starts). Then, concurrently:
 
-- ``pub`` frames are appended to the channel's durable log in one commit per frame, skipping
-  client seqs already stored (a replay), and acked with the highest stored client seq;
+- ``pub`` frames are appended to the channel's durable log in one commit per group of waiting
+  frames, skipping client seqs already stored (a replay), and acked with the highest stored
+  client seq;
 - a pusher sends everything after the consumer's position in ``msgs`` frames, at most
   ``window`` unacknowledged messages at a time, and ``gap`` for seqs trimmed before it got
   there. The client's cumulative ``ack`` frames open the window again.
+
+**Producer identity.** A producer is (principal, channel, client id), the client id namespaced
+by the principal's ``sub`` (:mod:`resume.auth`), so principals never collide. One producer
+*instance* (the nonce in ``hello.instance``, kept in the client's store) owns an id: a hello
+from another instance while the owner is connected, or after the owner stored messages under
+the id, is refused with close code 4409; a second connection of the same instance takes over
+and the older one is fenced (closed with 4410, and nothing it still sends is stored).
+
+**Permissions.** The upgrade is refused with 403 for a channel the token allows neither to
+publish to nor to read (:meth:`StreamEndpoint.authorize`); a ``hello`` that subscribes without
+``subscribe`` rights, or a ``pub`` without ``publish`` rights, is closed with 1008.
+
+**Bounds.** Channel objects live while connections use them; all in-memory tails share one
+byte budget (:class:`resume.stream.channel.TailBudget`); ``pub`` frames read ahead of the
+appender are bounded in bytes; an optional quota throttles each producer's publishing.
 
 The wire messages are listed in :mod:`resume.protocol.session`. A peer that breaks the protocol
 is closed with the matching code; nothing it sent after the violation is stored, and every
@@ -19,82 +35,57 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import logging
+import time
 from collections import deque
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from resume.errors import ProtocolError, StoreError
+from resume.auth import Principal, principal_of
+from resume.errors import (
+    CLIENT_ID_CONFLICT,
+    PRODUCER_FENCED,
+    TOKEN_EXPIRED,
+    ClientIdConflict,
+    ProtocolError,
+    Rejected,
+    StoreError,
+)
 from resume.housekeeping import Housekeeping
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.store import Store
 from resume.store.models import utcnow
-from resume.store.streams import ChannelHead, LoggedMessage
+from resume.store.stream_log import LoggedMessage, ProducerRecord
+from resume.stream.channel import TAIL_MEMORY, Channel, TailBudget
+from resume.stream.limits import ByteQueue, Quota
 
 log = logging.getLogger("resume.streams")
 
 HELLO_TIMEOUT = 10.0
 MAX_CLIENT_ID = 64
-PUB_QUEUE = 16  # pub frames read ahead of the appender (then the reader waits: backpressure)
+MAX_INSTANCE = 64
+READ_AHEAD_BYTES = 2**20  # pub frames read ahead of the appender (then the reader waits)
+INCOMING_FRAMES = 4  # frames websockets buffers for one stream connection before pausing reads
+QUOTAS_KEPT = 1024  # producers' quotas kept before the idle (refilled) ones are dropped
 PUSH_FRAME_BYTES = 512 * 1024  # a msgs frame stays near this size (one bigger message alone)
-RECENT = 8192  # newest messages per channel kept in memory for subscribers that keep up
-RECENT_BYTES = 8 * 2**20  # ... and at most this many bytes of them
 
 
-class Channel:
-    """One channel's retained range in memory, and a way to wait for it to grow.
-
-    The newest messages are also kept in memory (``recent``), so subscribers that keep up are
-    fed without reading the log back from the database.
-    """
-
-    def __init__(self, name: str, head: ChannelHead, recent: int = RECENT) -> None:
-        self.name = name
-        self.head = head
-        self.lock = asyncio.Lock()  # one append at a time: seqs are assigned in commit order
-        self.recent: deque[LoggedMessage] = deque()  # consecutive seqs
-        self.recent_limit = recent
-        self.recent_bytes = 0
-        self._changed = asyncio.Event()
-
-    def remember(self, first: int, texts: list[str], timestamp: float) -> None:
-        """Newly stored messages with seqs ``first, first+1, ...``."""
-        recent = self.recent
-        if recent and recent[-1].seq + 1 != first:
-            recent.clear()  # keep the cache contiguous
-            self.recent_bytes = 0
-        for i, text in enumerate(texts):
-            recent.append(LoggedMessage(first + i, text, timestamp))
-            self.recent_bytes += len(text)
-        while recent and (len(recent) > self.recent_limit or self.recent_bytes > RECENT_BYTES):
-            self.recent_bytes -= len(recent.popleft().data)
-
-    def cached_after(self, position: int, limit: int) -> list[LoggedMessage] | None:
-        """Up to ``limit`` messages after ``position`` from memory; None if not all there."""
-        recent = self.recent
-        if not recent or not recent[0].seq <= position + 1 <= recent[-1].seq:
-            return None
-        start = position + 1 - recent[0].seq
-        return list(itertools.islice(recent, start, start + limit))
-
-    def changed(self) -> asyncio.Event:
-        """An event set at the next change of the head (take it before checking the head)."""
-        return self._changed
-
-    def advance(self, head: ChannelHead) -> None:
-        """The log changed: record the new head and wake every pusher."""
-        self.head = head
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+class TokenExpired(Exception):
+    """The connection's token expired: it is closed (4401) and the client reconnects."""
 
 
 class StreamEndpoint:
-    """Serves stream channels from the server's store; mount it at ``/streams``."""
+    """Serves stream channels from the server's store; mount it at ``/streams``.
+
+    ``tail_memory``: bytes of newest messages kept in memory over all channels.
+    ``publish_rate`` / ``publish_bytes``: per producer, messages / bytes per second (None: no
+    limit); a producer over its quota is slowed down (its acks come later), never refused.
+    ``read_ahead_bytes``: ``pub`` frames read ahead of the appender, per connection.
+    """
 
     def __init__(
         self,
@@ -105,6 +96,10 @@ class StreamEndpoint:
         retention_age: float | None = 7 * 86400,
         window: int = 4096,
         read_batch: int = 1000,
+        tail_memory: int = TAIL_MEMORY,
+        publish_rate: float | None = None,
+        publish_bytes: float | None = None,
+        read_ahead_bytes: int = READ_AHEAD_BYTES,
     ) -> None:
         self.log = store.streams
         self.max_message_size = max_message_size
@@ -112,23 +107,60 @@ class StreamEndpoint:
         self.retention_age = retention_age
         self.window = window
         self.read_batch = read_batch
-        self.channels: dict[str, Channel] = {}
+        self.read_ahead_bytes = read_ahead_bytes
+        self.publish_rate = publish_rate
+        self.publish_bytes = publish_bytes
+        self.budget = TailBudget(tail_memory)
+        self.channels: dict[str, Channel] = {}  # only those some connection uses
+        self.producers: dict[tuple[str, str], StreamConnection] = {}  # the live connection
+        self.quotas: dict[str, Quota] = {}  # per namespaced producer id, while not idle
         self._expiry = Housekeeping(
             self.expire_old, age=retention_age, what="trimming stream logs", errors=(StoreError,)
         )
 
+    def authorize(self, principal: Principal, argument: str) -> str | None:
+        """Why ``principal`` may not open channel ``argument`` (None: it may), at the upgrade."""
+        if principal.may_use_channel(argument):
+            return None
+        return f"this token does not allow channel {argument!r}"
+
     async def handle(self, connection: ServerConnection, argument: str) -> None:
         """Serve one client connection to channel ``argument`` until it ends."""
         self._expiry.ensure_started()
-        await StreamConnection(self, connection, argument).run()
+        _bound_incoming_frames(connection)
+        await StreamConnection(self, connection, argument, principal_of(connection)).run()
 
-    async def channel(self, name: str) -> Channel:
-        """The in-memory state of channel ``name``, loaded from the store on first use."""
+    async def acquire(self, name: str) -> Channel:
+        """The in-memory state of channel ``name`` for one more connection (loaded if needed)."""
         channel = self.channels.get(name)
         if channel is None:
             head = await asyncio.to_thread(self.log.head, name)
-            channel = self.channels.setdefault(name, Channel(name, head))
+            channel = self.channels.setdefault(name, Channel(name, head, self.budget))
+        channel.users += 1
         return channel
+
+    def release(self, channel: Channel) -> None:
+        """A connection stopped using ``channel``: evict it when no connection is left."""
+        channel.users -= 1
+        if channel.users <= 0 and self.channels.get(channel.name) is channel:
+            del self.channels[channel.name]
+            channel.forget_tail()
+
+    def quota(self, producer: str) -> Quota | None:
+        """The publish quota of ``producer`` (None when the server sets none)."""
+        if not (self.publish_rate or self.publish_bytes):
+            return None
+        quota = self.quotas.get(producer)
+        if quota is None:
+            if len(self.quotas) >= QUOTAS_KEPT:  # amortized: most of them refilled long ago
+                self.forget_idle_quotas()
+            quota = self.quotas[producer] = Quota(self.publish_rate, self.publish_bytes)
+        return quota
+
+    def forget_idle_quotas(self) -> None:
+        """Drop quotas that refilled completely: a new one would be the same."""
+        for producer in [p for p, q in self.quotas.items() if q.idle()]:
+            del self.quotas[producer]
 
     async def expire_old(self) -> None:
         """Trim every channel's messages older than ``retention_age``."""
@@ -136,11 +168,15 @@ class StreamEndpoint:
             return
         before = utcnow() - dt.timedelta(seconds=self.retention_age)
         for name in await asyncio.to_thread(self.log.channels):
-            channel = await self.channel(name)
+            channel = self.channels.get(name)
+            if channel is None:  # nobody uses it: trim in the store only, load nothing
+                await asyncio.to_thread(self.log.trim, name, before=before)
+                continue
             async with channel.lock:
                 head = await asyncio.to_thread(self.log.trim, name, before=before)
                 if head != channel.head:
                     channel.advance(head)
+        self.forget_idle_quotas()
 
     async def close(self) -> None:
         """Stop the retention task (connections are closed by the server)."""
@@ -150,51 +186,89 @@ class StreamEndpoint:
 class StreamConnection:
     """One client connection to one channel."""
 
-    def __init__(self, endpoint: StreamEndpoint, websocket: ServerConnection, name: str) -> None:
+    def __init__(
+        self,
+        endpoint: StreamEndpoint,
+        websocket: ServerConnection,
+        name: str,
+        principal: Principal,
+    ) -> None:
         self.endpoint = endpoint
         self.ws = websocket
         self.name = name
+        self.principal = principal
         self.client_id = ""
+        self.producer = ""  # client_id in the principal's namespace
+        self.instance: str | None = None
+        self.fenced = False
+        self._closing: asyncio.Task[None] | None = None
         self.in_flight: deque[list[int]] = deque()  # [first, last] runs pushed, not yet acked
         self.acked = asyncio.Event()
         # pub batches read but not yet stored: the reader goes on while the appender commits
-        self.pubs: asyncio.Queue[tuple[int, list[str]]] = asyncio.Queue(PUB_QUEUE)
+        self.pubs: ByteQueue[tuple[int, list[str]]] = ByteQueue(endpoint.read_ahead_bytes)
 
     async def run(self) -> None:
         tasks: list[asyncio.Task[None]] = []
+        channel: Channel | None = None
         try:
             hello = frames.decode(await asyncio.wait_for(self.ws.recv(), HELLO_TIMEOUT))
-            channel, position, subscribe = await self.on_hello(hello)
+            channel = await self.endpoint.acquire(self.name)
+            position, subscribe = await self.on_hello(channel, hello)
             tasks = [
                 asyncio.create_task(self.read()),
                 asyncio.create_task(self.append_forever(channel)),
             ]
             if subscribe:
                 tasks.append(asyncio.create_task(self.push(channel, position)))
+            if self.principal.expires is not None:
+                tasks.append(asyncio.create_task(self.expire_at(self.principal.expires)))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # the first to fail (or the reader, at the end) ends them all
         except ProtocolError as exc:
             log.warning("closing %s on %s: %s", self.ws.remote_address, self.name, exc)
-            await self.ws.close(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc)[:120])
+            await self._close(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc))
+        except Rejected as exc:
+            log.warning("refusing %s on %s: %s", self.principal.describe(), self.name, exc)
+            await self._close(CloseCode.POLICY_VIOLATION, str(exc))
+        except ClientIdConflict as exc:
+            log.warning("refusing producer %r on %s: %s", self.producer, self.name, exc)
+            await self._close(exc.close_code or CLIENT_ID_CONFLICT, self._conflict_reason(exc))
+        except TokenExpired:
+            await self._close(TOKEN_EXPIRED, "token expired")
         except TimeoutError:
-            await self.ws.close(CloseCode.POLICY_VIOLATION, "no hello in time")
+            await self._close(CloseCode.POLICY_VIOLATION, "no hello in time")
         except ConnectionClosed:
             pass
         except StoreError:
             log.exception("storing messages of %s failed", self.name)
-            await self.ws.close(CloseCode.INTERNAL_ERROR, "server could not store messages")
+            await self._close(CloseCode.INTERNAL_ERROR, "server could not store messages")
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.endpoint.producers.get((self.name, self.producer)) is self:
+                del self.endpoint.producers[(self.name, self.producer)]
+            if channel is not None:
+                self.endpoint.release(channel)
+
+    async def _close(self, code: int, reason: str) -> None:
+        # A close reason is at most 123 bytes of UTF-8.
+        await self.ws.close(code, reason.encode()[:123].decode("utf-8", "ignore"))
+
+    def _conflict_reason(self, exc: ClientIdConflict) -> str:
+        if exc.close_code == PRODUCER_FENCED or exc.client_id == self.client_id:
+            return str(exc)  # our own messages name the client id as the client knows it
+        return f"client id {self.client_id!r} belongs to another producer instance"
 
     async def read(self) -> None:
         async for raw in self.ws:
             message = frames.decode(raw)
             kind = message["type"]
             if kind == "pub":
-                await self.pubs.put(self.parse_pub(message))
+                if not self.principal.may_publish(self.name):
+                    raise Rejected(f"this token does not allow publishing to {self.name!r}")
+                await self.pubs.put(self.parse_pub(message), len(raw))
             elif kind == "ack":
                 self.on_ack(frames.seq_field(message, "seq"))
             else:
@@ -202,7 +276,8 @@ class StreamConnection:
                     f"unexpected {kind!r} message", close_code=CloseCode.PROTOCOL_ERROR
                 )
 
-    async def on_hello(self, hello: dict[str, Any]) -> tuple[Channel, int, bool]:
+    async def on_hello(self, channel: Channel, hello: dict[str, Any]) -> tuple[int, bool]:
+        """Check ``hello``, claim the producer id, answer ``welcome``; (position, subscribe)."""
         if hello["type"] != "hello":
             raise ProtocolError(
                 f"expected hello, got {hello['type']!r}", close_code=CloseCode.PROTOCOL_ERROR
@@ -211,6 +286,14 @@ class StreamConnection:
         if not 0 < len(client_id) <= MAX_CLIENT_ID:
             raise ProtocolError(
                 f"client_id must be 1..{MAX_CLIENT_ID} characters",
+                close_code=CloseCode.PROTOCOL_ERROR,
+            )
+        instance = hello.get("instance")
+        if instance is not None and not (
+            isinstance(instance, str) and 0 < len(instance) <= MAX_INSTANCE
+        ):
+            raise ProtocolError(
+                f"hello: 'instance' must be 1..{MAX_INSTANCE} characters",
                 close_code=CloseCode.PROTOCOL_ERROR,
             )
         after = hello.get("after", "end")
@@ -224,9 +307,14 @@ class StreamConnection:
             raise ProtocolError(
                 "hello: 'subscribe' must be true or false", close_code=CloseCode.PROTOCOL_ERROR
             )
+        if subscribe and not self.principal.may_subscribe(self.name):
+            raise Rejected(f"this token does not allow reading {self.name!r}")
+        if not subscribe and not self.principal.may_publish(self.name):
+            raise Rejected(f"this token does not allow publishing to {self.name!r}")
         self.client_id = client_id
-        channel = await self.endpoint.channel(self.name)
-        acked = await asyncio.to_thread(self.endpoint.log.producer_seq, self.name, client_id)
+        self.producer = self.principal.namespaced(client_id)
+        self.instance = instance
+        acked = await self.claim(channel)
         head = channel.head
         if after == "end":
             position = head.last
@@ -245,7 +333,44 @@ class StreamConnection:
                 }
             )
         )
-        return channel, position, subscribe
+        return position, subscribe
+
+    async def claim(self, channel: Channel) -> int:
+        """Become the live connection of this producer; the highest client seq stored for it.
+
+        Refused (ClientIdConflict) if another instance owns the id, in the store or on a live
+        connection; a live connection of the same instance is fenced. Under the channel's lock,
+        so no append of this producer is half done while we read what it stored.
+        """
+        endpoint = self.endpoint
+        key = (self.name, self.producer)
+        async with channel.lock:
+            record = await asyncio.to_thread(endpoint.log.producer, self.name, self.producer)
+            holder = endpoint.producers.get(key)
+            if record is not None and record.owned_by_another(self.instance):
+                raise ClientIdConflict(
+                    f"client id {self.client_id!r} belongs to another producer instance "
+                    f"(the server holds its messages up to seq {record.last_seq})",
+                    client_id=self.client_id,
+                )
+            if holder is not None and holder.instance != self.instance:
+                raise ClientIdConflict(
+                    f"client id {self.client_id!r} is in use by another live producer",
+                    client_id=self.client_id,
+                )
+            if holder is not None:
+                holder.fence()
+            endpoint.producers[key] = self
+        return (record or ProducerRecord(0, None)).last_seq
+
+    def fence(self) -> None:
+        """A newer connection of this producer took over: store nothing more, close 4410."""
+        self.fenced = True
+        log.info(
+            "%s: producer %r reconnected; fencing its older connection", self.name, self.producer
+        )
+        reason = f"client id {self.client_id!r}: a newer connection of this producer took over"
+        self._closing = asyncio.create_task(self._close(PRODUCER_FENCED, reason))
 
     @staticmethod
     def parse_pub(message: dict[str, Any]) -> tuple[int, list[str]]:
@@ -259,31 +384,52 @@ class StreamConnection:
         return first, [json.dumps(item, separators=(",", ":"), ensure_ascii=False) for item in data]
 
     async def append_forever(self, channel: Channel) -> None:
-        """Store queued pub batches, all that are waiting in one commit (group commit), and ack."""
-        endpoint = self.endpoint
-        carry: tuple[int, list[str]] | None = None
+        """Store queued pub batches, all that are waiting in one commit (group commit), and ack.
+
+        With a publish quota, each frame is its own commit, stored once the quota allows it.
+        """
+        quota = self.endpoint.quota(self.producer)
         while True:
-            first, texts = carry or await self.pubs.get()
-            carry = None
-            while not self.pubs.empty():
-                next_first, more = self.pubs.get_nowait()
-                if next_first != first + len(texts):  # not a continuation: its own commit
-                    carry = (next_first, more)
-                    break
-                texts.extend(more)
-            async with channel.lock:
-                appended = await asyncio.to_thread(
-                    endpoint.log.append,
-                    self.name,
-                    self.client_id,
-                    first,
-                    texts,
-                    keep=endpoint.retention_count,
+            # One batch per call: its messages are not kept alive while we wait for the next.
+            await self._append_next(channel, quota)
+
+    async def _append_next(self, channel: Channel, quota: Quota | None) -> None:
+        endpoint = self.endpoint
+        first, texts = await self.pubs.get()
+        while quota is None and not self.pubs.empty():
+            next_first, more = self.pubs.peek()
+            if next_first != first + len(texts):  # not a continuation: its own commit
+                break
+            self.pubs.get_nowait()
+            texts.extend(more)  # parse_pub made the list: ours to grow
+        if quota is not None:
+            delay = quota.delay(len(texts), sum(len(t) for t in texts))
+            if delay:
+                await asyncio.sleep(delay)
+        async with channel.lock:
+            if self.fenced:  # a newer connection of this producer took over
+                raise ClientIdConflict(
+                    "fenced: a newer connection of this producer took over",
+                    close_code=PRODUCER_FENCED,
                 )
-                if appended.count:
-                    channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
-                    channel.advance(appended.head)
-            await self.ws.send(frames.encode({"type": "ack", "seq": appended.stored}))
+            appended = await asyncio.to_thread(
+                endpoint.log.append,
+                self.name,
+                self.producer,
+                first,
+                texts,
+                instance=self.instance,
+                keep=endpoint.retention_count,
+            )
+            if appended.count:
+                channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
+                channel.advance(appended.head)
+        await self.ws.send(frames.encode({"type": "ack", "seq": appended.stored}))
+
+    async def expire_at(self, expires: float) -> None:
+        """End the connection when its token expires (the client reconnects with a new one)."""
+        await asyncio.sleep(max(0.0, expires - time.time()))
+        raise TokenExpired()
 
     def on_ack(self, seq: int) -> None:
         while self.in_flight and self.in_flight[0][1] <= seq:
@@ -335,6 +481,18 @@ class StreamConnection:
             self.client_id,
         )
         await self.ws.send(frames.encode({"type": "gap", "first": first, "last": last}))
+
+
+def _bound_incoming_frames(connection: ServerConnection) -> None:
+    """Let websockets buffer only a few frames of this connection before it stops reading.
+
+    The server's ``max_queue`` suits uploads; stream frames may be 1 MiB each, and the bytes a
+    connection can make us hold must stay small. (``recv_messages`` is websockets' frame
+    assembler; its high/low water marks are read on every frame.)
+    """
+    assembler = getattr(connection, "recv_messages", None)
+    if assembler is not None and hasattr(assembler, "high"):
+        assembler.high, assembler.low = INCOMING_FRAMES, max(1, INCOMING_FRAMES // 4)
 
 
 def _fit(rows: list[LoggedMessage], budget: int) -> list[LoggedMessage]:

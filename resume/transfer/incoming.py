@@ -71,10 +71,12 @@ class Upload:
         endpoint: UploadEndpoint,
         file_id: str,
         *,
+        wire_id: str | None = None,
         prelude: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.file_id = file_id
+        self.file_id = file_id  # the server's id: the client's, namespaced by its principal
+        self.wire_id = wire_id or file_id  # the id its client knows it by
         self.record: ReceivedRecord | None = None
         self.reception: Reception | None = None  # None until the file is recorded
         self.partial = PartialFile(endpoint.root.partial_path(file_id), 0)
@@ -283,7 +285,7 @@ class Upload:
             acks = reception.synced(batch)
             owner = self.owner
             if owner is not None:
-                await owner.send({"type": "ack", "file_id": self.file_id, "chunks": acks})
+                await owner.send({"type": "ack", "file_id": self.wire_id, "chunks": acks})
             if not reception.unsynced:
                 self.idle.set()
 
@@ -316,5 +318,5 @@ class Upload:
         owner = self.owner
         self.idle.set()
         if owner is not None:
-            await owner.refuse(self.failure, self.file_id)
+            await owner.refuse(self.failure, self.wire_id)
             await owner.close_after(self.failure)

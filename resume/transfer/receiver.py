@@ -28,9 +28,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import xxhash
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from resume.auth import principal_of
 from resume.crashpoints import crash_point
 from resume.errors import Fenced, ProtocolError, StoreError
 from resume.housekeeping import Housekeeping
@@ -129,11 +131,11 @@ class UploadEndpoint:
 
     # -- the live objects --------------------------------------------------------------------
 
-    async def acquire(self, file_id: str) -> Upload:
+    async def acquire(self, file_id: str, wire_id: str | None = None) -> Upload:
         """The one :class:`Upload` for ``file_id``, loaded (and recovered); release it after."""
         upload = self.uploads.get(file_id)
         if upload is None:
-            upload = self.uploads[file_id] = Upload(self, file_id)
+            upload = self.uploads[file_id] = Upload(self, file_id, wire_id=wire_id)
         upload.users += 1
         try:
             await asyncio.shield(upload.ready)
@@ -225,6 +227,14 @@ class Connection:
         self.reserved: dict[str, int] = {}  # bytes still to come of each
         self.taken_over: dict[str, str] = {}  # files taken from it: why
         self.peer = websocket.remote_address
+        self.principal = principal_of(websocket)
+
+    def key(self, wire_id: str) -> str:
+        """The server's id of the file this client calls ``wire_id``: namespaced by who it is,
+        so one principal can never reach, collide with or take over another's upload."""
+        if self.principal.sub is None:
+            return wire_id
+        return xxhash.xxh3_128_hexdigest(self.principal.namespaced(wire_id).encode())
 
     async def run(self) -> None:
         limits = self.endpoint.limits
@@ -361,7 +371,13 @@ class Connection:
 
     async def on_begin(self, begin: Begin) -> None:
         self.check_begin(begin)
-        upload = await self.endpoint.acquire(begin.file_id)
+        if not self.principal.may_upload(begin.name):
+            raise _refused(
+                ErrorCode.FORBIDDEN,
+                f"{begin.name}: your token does not allow uploads under this name",
+                begin,
+            )
+        upload = await self.endpoint.acquire(self.key(begin.file_id), begin.file_id)
         try:
             await self._begin(upload, begin)
         finally:
@@ -395,19 +411,19 @@ class Connection:
             raise _refused(ErrorCode(code), f"{begin.name}: {reason}", begin)
         if reception is None:
             holder = endpoint.names.get(begin.name)
-            if holder is not None and holder != begin.file_id:
+            if holder is not None and holder != upload.file_id:
                 raise _name_in_use(begin, holder)
         remaining = begin.size - (reception.geometry.bytes_in(reception.held) if reception else 0)
         self.check_space(begin, remaining)
         # -- from here to the claim: no await. The file is ours; any earlier owner is fenced.
         if reception is None:
             upload.create(begin)
-            endpoint.names[begin.name] = begin.file_id
+            endpoint.names[begin.name] = upload.file_id
         previous = upload.owner
         epoch = upload.require().take(overwrite=begin.overwrite)
         upload.owner = self
         if previous is not None and previous is not self:
-            previous.lose(begin.file_id, "taken over by a newer connection")
+            previous.lose(upload, "taken over by a newer connection")
         self.own(upload, epoch, remaining)
         claimed = await upload.claim(self, begin)
         if isinstance(claimed, NameTaken):
@@ -542,7 +558,7 @@ class Connection:
     async def publish(self, upload: Upload, epoch: int, checksum: str) -> None:
         """Verify, record the intent, rename into place, record it. Holds ``upload.io``."""
         reception, endpoint = upload.require(), self.endpoint
-        file_id, name = upload.file_id, reception.name
+        file_id, name, wire_id = upload.file_id, reception.name, upload.wire_id
         upload.partial.close()  # no descriptor may outlive the publish of this inode
         try:
             actual = await asyncio.to_thread(upload.whole_checksum)
@@ -557,7 +573,7 @@ class Connection:
                         ErrorCode.CHECKSUM_MISMATCH,
                         f"{name}: received data hashes to {actual}, client says {checksum}",
                     ),
-                    file_id,
+                    wire_id,
                 )
             await asyncio.to_thread(
                 endpoint.repo.begin_publish, file_id, upload.fence, checksum, reception.overwrite
@@ -570,24 +586,24 @@ class Connection:
             reception.abort_publish()
             await asyncio.to_thread(endpoint.repo.abort_publish, file_id)
             raise _with_file(
-                Refused(ErrorCode(refused.code), f"{name}: {refused}"), file_id
+                Refused(ErrorCode(refused.code), f"{name}: {refused}"), wire_id
             ) from None
         except Fenced:
             reception.abort_publish()
             raise ProtocolError(
-                f"file {file_id} was taken over", close_code=CloseCode.POLICY_VIOLATION
+                f"file {wire_id} was taken over", close_code=CloseCode.POLICY_VIOLATION
             ) from None
         except (OSError, StoreError) as exc:
             if reception.phase in (Phase.VERIFYING, Phase.PUBLISHING):
                 reception.abort_publish()
                 with contextlib.suppress(StoreError):
                     await asyncio.to_thread(endpoint.repo.abort_publish, file_id)
-            raise _with_file(storage_refusal(exc, name), file_id) from exc
+            raise _with_file(storage_refusal(exc, name), wire_id) from exc
         await upload.record_complete()
 
     async def on_cancel(self, file_id: str) -> None:
         endpoint = self.endpoint
-        upload = await endpoint.acquire(file_id)
+        upload = await endpoint.acquire(self.key(file_id), file_id)
         try:
             while not upload.settled.is_set():
                 await upload.settled.wait()
@@ -599,9 +615,11 @@ class Connection:
                     owner = upload.owner
                     reception.cancel()
                     upload.owner = None
-                    if owner is not None:
-                        owner.lose(file_id, "cancelled")
-                    await asyncio.to_thread(endpoint.repo.cancel, file_id)
+                    if owner is self:
+                        self.disown(file_id)
+                    elif owner is not None:
+                        owner.lose(upload, "cancelled")
+                    await asyncio.to_thread(endpoint.repo.cancel, upload.file_id)
                     crash_point("cancel.recorded")
                     await asyncio.to_thread(upload.partial.remove)
                 log.info("cancelled %s (%s) for %s", reception.name, file_id, self.peer)
@@ -667,7 +685,7 @@ class Connection:
     # -- ownership -------------------------------------------------------------------------------
 
     def own(self, upload: Upload, epoch: int, remaining: int) -> None:
-        file_id = upload.file_id
+        file_id = upload.wire_id
         self.files[file_id] = upload
         self.epochs[file_id] = epoch
         self.taken_over.pop(file_id, None)
@@ -682,8 +700,9 @@ class Connection:
         self.set_frame_limits()
         return upload
 
-    def lose(self, file_id: str, why: str) -> None:
-        """Another connection took ``file_id`` (or it was cancelled): we are fenced."""
+    def lose(self, upload: Upload, why: str) -> None:
+        """Another connection took ``upload`` (or it was cancelled): we are fenced."""
+        file_id = next((k for k, v in self.files.items() if v is upload), upload.wire_id)
         self.disown(file_id)
         self.taken_over[file_id] = why
         log.info("upload %s %s (was %s)", file_id, why, self.peer)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from resume.errors import ProtocolError
+from resume.errors import ClientIdConflict, ProtocolError
 from resume.protocol.session import ClientSession, Gap, SessionState, Start
 
 
@@ -113,8 +113,40 @@ def test_ack_beyond_what_was_sent_is_a_violation() -> None:
     session = ClientSession("c1")
     session.send("a")
     session.connected()
+    session.receive(welcome())
+    session.outgoing()
     with pytest.raises(ProtocolError, match="only sent 1"):
-        session.receive(welcome(acked=2))
+        session.receive({"type": "ack", "seq": 2})
+
+
+def test_welcome_beyond_what_this_producer_numbered_is_a_client_id_conflict() -> None:
+    """The issue's loss: the server holds 13 for the id, this producer numbered 10 before.
+
+    Its new messages 11..15 must not be taken as stored: the welcome is a ClientIdConflict
+    naming the id, and nothing is confirmed.
+    """
+    session = ClientSession("shop-1", instance="a" * 32, last_seq=10, acked=10)
+    for line in range(11, 16):
+        session.send(f"A{line}")
+    assert session.connected()["instance"] == "a" * 32
+    with pytest.raises(ClientIdConflict, match="'shop-1'") as caught:
+        session.receive(welcome(acked=13))
+    assert caught.value.client_id == "shop-1"
+    assert session.unacked == 5
+
+
+def test_welcome_may_confirm_what_an_earlier_connection_wrote() -> None:
+    """Seqs written on a dropped connection may be stored: a welcome covering them is fine."""
+    session = ClientSession("c1", last_seq=10, acked=10)
+    for x in range(5):
+        session.send(x)
+    session.connected()
+    session.receive(welcome(acked=10))
+    session.outgoing()  # 11..15 written, then the link drops before the ack
+    session.disconnected()
+    session.connected()
+    assert session.receive(welcome(acked=13)).newly_acked == 3
+    assert session.unacked == 2 and session.unacked_bytes == 2
 
 
 def test_durable_state_is_restored() -> None:

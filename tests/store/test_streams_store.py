@@ -9,9 +9,10 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from resume.errors import ProtocolError
+from resume.errors import ClientIdConflict, ProtocolError
 from resume.store import Store
 from resume.store.models import utcnow
+from resume.store.stream_log import ProducerRecord
 
 
 def seqs(store: Store, channel: str = "c") -> list[int]:
@@ -70,6 +71,38 @@ def test_outbox_survives_a_reopen_and_confirm_drops_what_was_stored(
         outbox = reopened.stream_client.load_outbox("me", "ws://x/streams/c")
     assert (outbox.pending, outbox.last_seq, outbox.acked) == ([(3, '"c"')], 3, 2)
     assert store.stream_client.load_outbox("other", "ws://x/streams/c").last_seq == 0
+
+
+def test_the_first_instance_to_store_owns_a_producer_id(store: Store) -> None:
+    """Another instance's batch under the id is refused and stores nothing; a row from before
+    instances were recorded is adopted by the first instance that publishes under it."""
+    store.streams.append("c", "shop-1", 1, ['"A1"', '"A2"'], instance="a")
+    with pytest.raises(ClientIdConflict, match=r"'shop-1'.*up to seq 2"):
+        store.streams.append("c", "shop-1", 3, ['"EVE"'], instance="eve")
+    with pytest.raises(ClientIdConflict):
+        store.streams.append("c", "shop-1", 3, ['"anon"'])  # no instance at all
+    assert store.streams.append("c", "shop-1", 3, ['"A3"'], instance="a").stored == 3
+    assert [m.data for m in store.streams.read("c", 0, 10)] == ['"A1"', '"A2"', '"A3"']
+    store.streams.append("c", "legacy", 1, ['"x"'])  # written without an instance
+    assert store.streams.producer("c", "legacy") == ProducerRecord(1, None)
+    store.streams.append("c", "legacy", 2, ['"y"'], instance="new")
+    assert store.streams.producer("c", "legacy") == ProducerRecord(2, "new")
+
+
+def test_open_producer_keeps_the_instance_and_fences_the_previous_process(store: Store) -> None:
+    """The instance nonce is made once; each open takes the producer over, and a process that
+    lost it can no longer number messages from the shared counter."""
+    repo = store.stream_client
+    first = repo.open_producer("shop-1", "u")
+    repo.add("shop-1", "u", [(1, '"a"')], holder=first.holder)
+    second = repo.open_producer("shop-1", "u")
+    assert second.instance == first.instance and second.holder != first.holder
+    assert (second.last_seq, second.pending) == (1, [(1, '"a"')])
+    with pytest.raises(ClientIdConflict, match="another process"):
+        repo.add("shop-1", "u", [(2, '"stale"')], holder=first.holder)
+    repo.add("shop-1", "u", [(2, '"b"')], holder=second.holder)
+    assert repo.load_outbox("shop-1", "u").pending == [(1, '"a"'), (2, '"b"')]
+    assert repo.open_producer("other", "u").instance != first.instance
 
 
 def test_cursor_set_get_reset(store: Store) -> None:

@@ -43,12 +43,13 @@ def channel(server: RunningServer | str, name: str = "orders") -> str:
 
 
 async def take(client: StreamClient, n: int, timeout: float = 20) -> list[Any]:
-    """The data of the next ``n`` messages."""
+    """The data of the next ``n`` messages, each committed once kept (processed)."""
     got: list[Any] = []
 
     async def run() -> None:
         async for message in client:
             got.append(message.data)
+            await client.commit()
             if len(got) == n:
                 return
 
@@ -275,6 +276,27 @@ async def test_durable_consumer_continues_after_the_last_message_it_took(
             channel(server), consumer="c", start="start", store=store, options=options()
         ) as consumer:
             assert await take(consumer, 6) == [4, 5, 6, 7, 8, 9]
+
+
+async def test_breaking_out_before_processing_does_not_take_the_held_message(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """A clean exit from `async with` after a break leaves the unprocessed message untaken."""
+    await publish(server, ["a", "b", "c"])
+    db = tmp_path / "consumer.db"
+    with open_store(db) as store:
+        async with StreamClient(
+            channel(server), consumer="c", start="start", store=store, options=options()
+        ) as consumer:
+            async for message in consumer:
+                if message.data == "b":
+                    break  # stopped before processing "b"
+        assert store.stream_client.cursor("c", channel(server)) == 1  # "a" was taken
+        async with StreamClient(
+            channel(server), consumer="c", start="start", store=store, options=options()
+        ) as consumer:
+            assert await take(consumer, 2) == ["b", "c"]
+        assert store.stream_client.cursor("c", channel(server)) == 3
 
 
 async def test_server_restart_replays_to_a_consumer(

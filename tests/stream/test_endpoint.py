@@ -147,17 +147,42 @@ async def test_bad_channel_names_are_404(server: RunningServer, path: str) -> No
 
 def test_the_in_memory_tail_stays_within_its_count_and_byte_bounds() -> None:
     """Big or many messages never grow a channel's cache past its limits, and it stays contiguous."""
-    from resume.store.streams import ChannelHead
-    from resume.stream.endpoint import RECENT_BYTES, Channel
+    from resume.store.stream_log import ChannelHead
+    from resume.stream.channel import MESSAGE_OVERHEAD, RECENT_BYTES, Channel
 
     channel = Channel("c", ChannelHead(1, 0), recent=100)
     channel.remember(1, ["x"] * 150, 0.0)
     assert len(channel.recent) == 100 and channel.recent[0].seq == 51
     assert channel.cached_after(49, 10) is None  # seq 50 was evicted: read from the log
     assert [m.seq for m in channel.cached_after(60, 3) or []] == [61, 62, 63]
-    big = "y" * (RECENT_BYTES // 4)
+    big = "y" * (RECENT_BYTES // 4 - MESSAGE_OVERHEAD)
     channel.remember(151, [big] * 10, 0.0)
     assert channel.recent_bytes <= RECENT_BYTES
     assert [m.seq for m in channel.recent] == list(range(157, 161))
     channel.remember(500, ["z"], 0.0)  # not a continuation: the cache restarts there
     assert [m.seq for m in channel.recent] == [500]
+
+
+async def test_one_live_connection_per_producer_instance(server: RunningServer) -> None:
+    """A second connection of the same instance fences the first (4410, nothing more stored);
+    a connection of another instance is refused (4409) while the first holds the id."""
+    old = await raw(server, "/streams/orders")
+    await request(old, {**hello(client_id="p", subscribe=False), "instance": "X"})
+    assert await request(old, {"type": "pub", "seq": 1, "data": ["one"]}) == {
+        "type": "ack",
+        "seq": 1,
+    }
+    intruder = await raw(server, "/streams/orders")
+    await intruder.send(json.dumps({**hello(client_id="p", subscribe=False), "instance": "Y"}))
+    assert await closed_with(intruder) == 4409
+    new = await raw(server, "/streams/orders")
+    welcome = await request(new, {**hello(client_id="p", subscribe=False), "instance": "X"})
+    assert welcome["acked"] == 1
+    await old.send(json.dumps({"type": "pub", "seq": 2, "data": ["stale"]}))
+    assert await closed_with(old) == 4410
+    assert await request(new, {"type": "pub", "seq": 2, "data": ["two"]}) == {
+        "type": "ack",
+        "seq": 2,
+    }
+    await new.close()
+    assert logged(server) == ["one", "two"]

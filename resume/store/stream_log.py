@@ -1,0 +1,247 @@
+"""The server's side of streams: every channel's durable log and its producers' dedup state.
+
+Every published message is appended to its channel's log with the next server seq,
+deduplicated by (producer, client seq), in one transaction per batch. The server's store runs
+with ``synchronous=FULL``: when :meth:`StreamLogRepository.append` returns, the batch is on
+disk, and only then is it acked.
+
+A producer is named by its client id, namespaced by the principal that authenticated it (see
+:meth:`resume.auth.Principal.namespaced`), and owned by one producer *instance* (a nonce the
+client keeps next to its seq counter): the first instance that stores a message under an id
+owns it, and another instance's messages under that id are refused with
+:class:`resume.errors.ClientIdConflict` instead of being dropped as replays.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, func, select, update
+
+from resume.errors import ClientIdConflict, ProtocolError
+from resume.store.errors import store_errors
+from resume.store.models import StreamChannel, StreamMessage, StreamProducer, utcnow
+from resume.store.statements import DriverStatement, driver_time, unix_time, upsert
+
+CHANNELS = StreamChannel.__table__
+MESSAGES = StreamMessage.__table__
+PRODUCERS = StreamProducer.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHead:
+    """The retained range of one channel: seqs ``first..last`` (empty if first > last)."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """The outcome of one :meth:`StreamLogRepository.append`."""
+
+    stored: int  # the highest client seq now stored for this producer (what to ack)
+    first: int  # server seq of the first newly stored message (0 if none)
+    count: int  # how many were newly stored (the rest were duplicates)
+    head: ChannelHead
+    timestamp: float = 0.0  # when they were stored (Unix time)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedMessage:
+    """One message of a channel's log; ``data`` is its JSON text."""
+
+    seq: int
+    data: str
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerRecord:
+    """What the server holds for one producer on one channel."""
+
+    last_seq: int  # the highest client seq stored
+    instance: str | None  # the producer instance that owns the id (None: not recorded)
+
+    def owned_by_another(self, instance: str | None) -> bool:
+        """Whether ``instance`` is not the instance that owns this producer id."""
+        return self.instance is not None and self.instance != instance
+
+
+_INSERT_MESSAGES = DriverStatement(MESSAGES.insert)
+
+
+def conflict(channel: str, producer: str, record: ProducerRecord) -> ClientIdConflict:
+    """The error for an instance that presents a producer id another instance owns."""
+    return ClientIdConflict(
+        f"client id {producer!r} on channel {channel!r} belongs to another producer instance "
+        f"(the server holds its messages up to seq {record.last_seq})",
+        client_id=producer,
+    )
+
+
+class StreamLogRepository:
+    """The server's channel logs; every method is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def head(self, channel: str) -> ChannelHead:
+        """The retained range of ``channel`` (``1..0`` for a channel never published to)."""
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.execute(
+                select(CHANNELS.c.first_seq, CHANNELS.c.last_seq).where(
+                    CHANNELS.c.channel == channel
+                )
+            ).first()
+        return ChannelHead(row.first_seq, row.last_seq) if row else ChannelHead(1, 0)
+
+    def producer(self, channel: str, producer: str) -> ProducerRecord | None:
+        """What is stored for ``producer`` in ``channel``; None if it never published there."""
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.execute(
+                select(PRODUCERS.c.last_seq, PRODUCERS.c.instance).where(
+                    PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == producer
+                )
+            ).first()
+        return ProducerRecord(int(row.last_seq), row.instance) if row else None
+
+    def producer_seq(self, channel: str, producer: str) -> int:
+        """The highest client seq stored for ``producer`` in ``channel`` (0 if none)."""
+        record = self.producer(channel, producer)
+        return record.last_seq if record else 0
+
+    def append(
+        self,
+        channel: str,
+        producer: str,
+        first_seq: int,
+        items: Sequence[str],
+        *,
+        instance: str | None = None,
+        keep: int | None = None,
+    ) -> Appended:
+        """Store client seqs ``first_seq, first_seq+1, ...`` not stored before, in one commit.
+
+        Messages at or below what is already stored for this producer are duplicates (a replay
+        after a reconnect) and skipped. A batch that starts beyond the next expected client seq
+        would leave a hole: that is a protocol violation, and nothing is stored. A batch from
+        an ``instance`` other than the one that owns ``producer`` raises ClientIdConflict and
+        stores nothing; the first instance to store under an id (or under an id recorded
+        without one) becomes its owner. With ``keep``, the oldest messages beyond that many are
+        trimmed in the same commit.
+        """
+        now = utcnow()
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.execute(
+                select(PRODUCERS.c.last_seq, PRODUCERS.c.instance).where(
+                    PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == producer
+                )
+            ).first()
+            record = ProducerRecord(int(row.last_seq), row.instance) if row else None
+            if record is not None and record.owned_by_another(instance):
+                raise conflict(channel, producer, record)
+            head_row = conn.execute(
+                select(CHANNELS.c.first_seq, CHANNELS.c.last_seq).where(
+                    CHANNELS.c.channel == channel
+                )
+            ).first()
+            already = record.last_seq if record else 0
+            if first_seq > already + 1:
+                raise ProtocolError(
+                    f"client {producer!r} published seq {first_seq} but {already + 1} was next",
+                    close_code=1002,
+                )
+            new = list(items[max(0, already + 1 - first_seq) :])
+            first, last = (head_row.first_seq, head_row.last_seq) if head_row else (1, 0)
+            if not new:
+                return Appended(already, 0, 0, ChannelHead(first, last))
+            producer_last = first_seq + len(items) - 1
+            stamp = driver_time(conn, now)
+            first_producer_seq = producer_last - len(new) + 1
+            _INSERT_MESSAGES.execute(
+                conn,
+                [
+                    {
+                        "channel": channel,
+                        "seq": last + 1 + i,
+                        "producer": producer,
+                        "producer_seq": first_producer_seq + i,
+                        "data": data,
+                        "timestamp": stamp,
+                    }
+                    for i, data in enumerate(new)
+                ],
+            )
+            new_last = last + len(new)
+            if keep is not None and new_last - first + 1 > keep:
+                first = new_last - keep + 1
+                conn.execute(
+                    delete(MESSAGES).where(MESSAGES.c.channel == channel, MESSAGES.c.seq < first)
+                )
+            upsert(
+                conn,
+                CHANNELS,
+                {"channel": channel},
+                {"first_seq": first, "last_seq": new_last, "timestamp": now},
+            )
+            owner = record.instance if record is not None and record.instance else instance
+            upsert(
+                conn,
+                PRODUCERS,
+                {"channel": channel, "client_id": producer},
+                {"last_seq": producer_last, "instance": owner, "timestamp": now},
+            )
+        return Appended(
+            producer_last, last + 1, len(new), ChannelHead(first, new_last), unix_time(now)
+        )
+
+    def read(self, channel: str, after: int, limit: int) -> list[LoggedMessage]:
+        """Up to ``limit`` retained messages with seq greater than ``after``, in order."""
+        with store_errors(), self.engine.begin() as conn:
+            rows = conn.execute(
+                select(MESSAGES.c.seq, MESSAGES.c.data, MESSAGES.c.timestamp)
+                .where(MESSAGES.c.channel == channel, MESSAGES.c.seq > after)
+                .order_by(MESSAGES.c.seq)
+                .limit(limit)
+            ).all()
+        return [LoggedMessage(r.seq, r.data, unix_time(r.timestamp)) for r in rows]
+
+    def trim(
+        self, channel: str, *, keep: int | None = None, before: dt.datetime | None = None
+    ) -> ChannelHead:
+        """Drop the oldest messages beyond ``keep`` and those stored before ``before``."""
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.execute(
+                select(CHANNELS.c.first_seq, CHANNELS.c.last_seq).where(
+                    CHANNELS.c.channel == channel
+                )
+            ).first()
+            if row is None:
+                return ChannelHead(1, 0)
+            first = row.first_seq
+            if keep is not None:
+                first = max(first, row.last_seq - keep + 1)
+            if before is not None:
+                newest_old = conn.execute(
+                    select(func.max(MESSAGES.c.seq)).where(
+                        MESSAGES.c.channel == channel, MESSAGES.c.timestamp < before
+                    )
+                ).scalar()
+                if newest_old is not None:
+                    first = max(first, int(newest_old) + 1)
+            if first > row.first_seq:
+                conn.execute(
+                    delete(MESSAGES).where(MESSAGES.c.channel == channel, MESSAGES.c.seq < first)
+                )
+                conn.execute(
+                    update(CHANNELS).where(CHANNELS.c.channel == channel).values(first_seq=first)
+                )
+        return ChannelHead(first, row.last_seq)
+
+    def channels(self) -> list[str]:
+        """Every channel with a log."""
+        with store_errors(), self.engine.begin() as conn:
+            return list(conn.execute(select(CHANNELS.c.channel)).scalars())
