@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 
 from resume.errors import ProtocolError, StoreError
 from resume.housekeeping import Housekeeping
+from resume.metrics import ServerMetrics
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.store import Store
@@ -113,6 +114,7 @@ class StreamEndpoint:
         self.window = window
         self.read_batch = read_batch
         self.channels: dict[str, Channel] = {}
+        self.metrics = ServerMetrics()  # build_app puts the app's own here
         self._expiry = Housekeeping(
             self.expire_old, age=retention_age, what="trimming stream logs", errors=(StoreError,)
         )
@@ -272,14 +274,16 @@ class StreamConnection:
                     break
                 texts.extend(more)
             async with channel.lock:
-                appended = await asyncio.to_thread(
-                    endpoint.log.append,
-                    self.name,
-                    self.client_id,
-                    first,
-                    texts,
-                    keep=endpoint.retention_count,
-                )
+                with endpoint.metrics.commit_seconds.labels("stream").time():
+                    appended = await asyncio.to_thread(
+                        endpoint.log.append,
+                        self.name,
+                        self.client_id,
+                        first,
+                        texts,
+                        keep=endpoint.retention_count,
+                    )
+                endpoint.metrics.stream_appended.inc(appended.count)
                 if appended.count:
                     channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
                     channel.advance(appended.head)
@@ -323,10 +327,12 @@ class StreamConnection:
                 await self._send_gap(position + 1, rows[0].seq - 1)
             rows = _fit(rows, PUSH_FRAME_BYTES)
             await self.ws.send(_msgs_frame(rows))
+            endpoint.metrics.stream_delivered.inc(len(rows))
             self.in_flight.append([rows[0].seq, rows[-1].seq])
             position = rows[-1].seq
 
     async def _send_gap(self, first: int, last: int) -> None:
+        self.endpoint.metrics.stream_gaps.inc()
         log.info(
             "%s: seqs %d..%d were trimmed before %s took them",
             self.name,

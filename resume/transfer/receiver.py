@@ -31,6 +31,8 @@ from websockets.exceptions import ConnectionClosed
 
 from resume.errors import ProtocolError, StoreError
 from resume.housekeeping import Housekeeping
+from resume.logs import peer
+from resume.metrics import ServerMetrics
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.protocol.ledger import chunk_count
@@ -136,6 +138,7 @@ class UploadEndpoint:
         self.max_message_size = max_chunk_size + HEADER_SIZE
         self.expire = expire
         self.active: dict[str, IncomingFile] = {}
+        self.metrics = ServerMetrics()  # build_app puts the app's own here
         self.connections: set[Connection] = set()
         self._expiry = Housekeeping(
             self.expire_idle,
@@ -214,6 +217,7 @@ class Connection:
                         await self.ws.close(CloseCode.NORMAL, refusal.code)
                         break
         except ProtocolError as exc:
+            self.endpoint.metrics.upload_failed("protocol")
             log.warning("closing %s: %s", self.ws.remote_address, exc)
             await self.ws.close(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc)[:120])
         except ConnectionClosed:
@@ -230,7 +234,8 @@ class Connection:
         message = {"type": "error", "code": refusal.code.value, "message": str(refusal)}
         if file_id:
             message["file_id"] = file_id
-        log.info("refused: %s", refusal)
+        self.endpoint.metrics.upload_failed(refusal.code.value)
+        log.info("upload refused for %s: %s", peer(self.ws), refusal, extra={"peer": peer(self.ws)})
         await self.send(message)
 
     # -- control messages ----------------------------------------------------------------------
@@ -307,6 +312,15 @@ class Connection:
         incoming.flusher = asyncio.create_task(self.flush_forever(incoming))
         self.files[begin.file_id] = incoming
         endpoint.active[begin.file_id] = incoming
+        log.info(
+            "upload begin %s (%s, %d bytes, %d chunks held) from %s",
+            begin.name,
+            begin.file_id,
+            begin.size,
+            len(held),
+            peer(self.ws),
+            extra={"peer": peer(self.ws), "file_id": begin.file_id},
+        )
         await self.send(
             {
                 "type": "state",
@@ -342,7 +356,14 @@ class Connection:
             raise storage_refusal(exc, incoming.record.name) from exc
         await asyncio.to_thread(self.endpoint.repo.finish, file_id, checksum)
         await self.release(incoming)
-        log.info("received %s (%d bytes)", incoming.record.name, incoming.record.size)
+        self.endpoint.metrics.uploads_completed.inc()
+        log.info(
+            "upload finished %s (%d bytes) from %s",
+            incoming.record.name,
+            incoming.record.size,
+            peer(self.ws),
+            extra={"peer": peer(self.ws), "file_id": file_id},
+        )
         await self.send({"type": "done", "file_id": file_id, "name": incoming.record.name})
 
     async def on_cancel(self, file_id: str) -> None:
@@ -392,6 +413,7 @@ class Connection:
         incoming.unsynced.append(
             StoredChunk(header.index, header.offset, len(payload), header.checksum)
         )
+        self.endpoint.metrics.bytes_received.inc(len(payload))
         incoming.idle.clear()
         incoming.wake.set()
 
@@ -470,14 +492,16 @@ class Connection:
                 incoming.idle.set()
 
     def make_durable(self, incoming: IncomingFile, batch: list[StoredChunk]) -> None:
-        incoming.partial.sync()
+        with self.endpoint.metrics.fsync_seconds.time():
+            incoming.partial.sync()
         held = dict(incoming.held)
         held.update((c.index, c.checksum) for c in batch)
         offset = 0
         while offset in held:
             offset += 1
         offset = min(offset * incoming.record.chunk_size, incoming.record.size)
-        self.endpoint.repo.record_chunks(incoming.file_id, batch, offset)
+        with self.endpoint.metrics.commit_seconds.labels("upload").time():
+            self.endpoint.repo.record_chunks(incoming.file_id, batch, offset)
         incoming.held = held
 
     async def drain(self, incoming: IncomingFile) -> None:
