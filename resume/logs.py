@@ -58,6 +58,12 @@ def peer(connection: object) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+def quiet_third_party(*, unless: bool = False) -> None:
+    """Hold third-party loggers at WARNING (``unless`` true: leave them to the root level)."""
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if unless else logging.WARNING)
+
+
 def configure(
     *,
     log_format: LogFormat = "text",
@@ -88,4 +94,4 @@ def configure(
         logging.getLogger(name).setLevel(numeric if third_party else max(numeric, logging.WARNING))
 
 
-__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "configure", "peer"]
+__all__ = ["FORMATS", "LEVELS", "JsonFormatter", "configure", "peer", "quiet_third_party"]

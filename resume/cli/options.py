@@ -87,8 +87,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--use-env-proxy",
         action="store_true",
-        help="connect through the proxy in $HTTPS_PROXY / $HTTP_PROXY / $ALL_PROXY, honouring "
-        "$NO_PROXY (default: connect directly)",
+        help="connect through the proxy in $WSS_PROXY, $WS_PROXY, $SOCKS_PROXY, $HTTPS_PROXY or "
+        "$HTTP_PROXY, honouring $NO_PROXY (default: connect directly)",
     )
 
 

@@ -74,7 +74,7 @@ class ConnectOptions:
     subprotocol: str | None = SUBPROTOCOL  # None for servers that do not speak resume.v1
     # TLS for wss:// URLs (resume.tls.client_context); None = the system's default trust store
     ssl: ssl.SSLContext | None = None
-    # Opt-in: honour HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY from the environment
+    # Opt-in: honour WSS_PROXY, HTTPS_PROXY, HTTP_PROXY... and NO_PROXY from the environment
     use_env_proxy: bool = False
 
 
@@ -131,15 +131,17 @@ def _tls_error(exc: BaseException) -> ResumeError | None:
         error = exc.__cause__
     if not isinstance(error, ssl.SSLError):
         return None
+    # Built by the ssl module these carry ``reason`` / ``verify_message``; by hand they may not.
+    reason = getattr(error, "reason", None) or error
     if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return ConnectError(f"TLS connection cut: {error.reason or error}")
+        return ConnectError(f"TLS connection cut: {reason}")
     if isinstance(error, ssl.SSLCertVerificationError):
-        reason = error.verify_message or error.reason or error
+        reason = getattr(error, "verify_message", None) or reason
         return Rejected(
             f"TLS certificate verification failed: {reason} (for a private CA or a "
             "self-signed server give --cacert FILE)"
         )
-    return Rejected(f"TLS handshake failed: {error.reason or error}")
+    return Rejected(f"TLS handshake failed: {reason}")
 
 
 async def open_connection(
