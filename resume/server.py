@@ -9,14 +9,23 @@ Embed it in your own `websockets` server::
 Paths: ``/upload`` for resumable uploads, ``/streams/<name>`` for stream channels. The bearer
 token (plain, or a scoped JWT: :mod:`resume.auth`), when configured, is checked before the
 WebSocket upgrade (HTTP 401 otherwise; 403 for a path the token does not allow, when the
-endpoint has an ``authorize(principal, argument)`` method).
+endpoint has an ``authorize(principal, argument)`` method). Plain HTTP GETs of ``/healthz``,
+``/readyz`` (no token needed), ``/metrics`` and ``/status`` are answered by
+:class:`resume.ops.OpsRoutes`. With ``certfile`` the server speaks TLS (``wss://``); with
+``client_ca`` it also requires client certificates.
+
+Safety at start: a server on a non-loopback address needs a token or client certificates
+(or ``allow_anonymous``); the root is locked so a second server on it refuses to start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import ipaddress
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -24,11 +33,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from resume import tls
 from resume.auth import Authenticator
 from resume.errors import UsageError
+from resume.logs import peer
+from resume.metrics import ServerMetrics
+from resume.ops import HttpReply, OpsRoutes, ping_store
 from resume.protocol.frames import SUBPROTOCOL, CloseCode
+from resume.rootlock import RootLock
 from resume.store import Store, open_store
 from resume.stream.endpoint import StreamEndpoint
 from resume.transfer.receiver import UploadEndpoint, UploadLimits
@@ -64,6 +79,11 @@ class ServerConfig:
     tail_memory: int = 64 * 2**20  # all channels' in-memory tails together, bytes
     publish_rate: float | None = None  # messages per second per producer (None: no limit)
     publish_bytes: float | None = None  # bytes per second per producer (None: no limit)
+    certfile: Path | None = None  # TLS: certificate chain (PEM); None = plain ws://
+    keyfile: Path | None = None  # TLS: its private key, unless it is in certfile
+    client_ca: Path | None = None  # TLS: require client certificates signed by these CAs
+    allow_anonymous: bool = False  # serve a non-loopback address without any authentication
+    min_free_space: int = 256 * 2**20  # /readyz fails below this many free bytes on the root
 
     @property
     def state_dir(self) -> Path:
@@ -84,21 +104,58 @@ class Endpoint(Protocol):
 
 
 class ResumeApp:
-    """The request check and connection handler; usable inside any `websockets` server."""
+    """The request check and connection handler; usable inside any `websockets` server.
+
+    With its own SQLite store (no ``store`` given) the app locks the root: a second app on the
+    same root raises :class:`~resume.errors.StoreLocked`. Call :meth:`close` to let go.
+    """
 
     def __init__(self, config: ServerConfig, *, store: Store | None = None) -> None:
         root = config.root
         if root.exists() and not root.is_dir():
             raise UsageError(f"--root {root} is not a directory")
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        # Built first: a bad certificate path fails before anything is created or locked.
+        self.ssl_context = (
+            tls.server_context(config.certfile, config.keyfile, client_ca=config.client_ca)
+            if config.certfile is not None
+            else None
+        )
+        if config.certfile is None and (config.keyfile or config.client_ca):
+            raise UsageError("--keyfile and --client-ca need --certfile")
+        created = not root.exists()
+        self.lock: RootLock | None = None
+        try:
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+            if store is None:
+                self.lock = RootLock(config.state_dir)
+                self.lock.acquire()
+        except OSError as exc:
+            raise UsageError(f"cannot use --root {root}: {exc.strerror}: {exc.filename}") from exc
+        if created:
+            log.warning("root %s did not exist: created it", root, extra={"root": str(root)})
+        try:
+            self.store = store or open_store(config.state_dir / "server.db", durable=True)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
         self.config = config
         self.auth = Authenticator.from_files(
             token=config.token, jwt_secret=config.jwt_secret, jwt_public_key=config.jwt_public_key
         )
-        self.store = store or open_store(config.state_dir / "server.db", durable=True)
         self.routes: dict[str, Endpoint] = {}
         self.exact: dict[str, Endpoint] = {}
         self.active = 0  # connections being served
+        self.metrics = ServerMetrics()
+        self.metrics.watch_disk(root)
+        self.live: dict[ServerConnection, LiveConnection] = {}
+        self.ops = OpsRoutes(
+            metrics=self.metrics,
+            check_store=lambda: ping_store(self.store.engine),
+            disk_path=root,
+            min_free_space=config.min_free_space,
+            live_status=self.live_status,
+        )
 
     def mount_prefix(self, prefix: str, endpoint: Endpoint) -> None:
         """Serve ``/<prefix>/<argument>`` with ``endpoint``."""
@@ -124,19 +181,40 @@ class ResumeApp:
         sizes = [e.max_message_size for e in (*self.routes.values(), *self.exact.values())]
         return max(sizes, default=2**20)
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Refuse before the upgrade: 400 for a malformed request, 401 for a bad token, 404 for
-        an unknown path, 403 for a path the token does not allow (``resume.auth``), 503 when the
-        server is at its connection limit."""
+    async def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """Refuse before the upgrade: 400 for a malformed request, 401 for a bad token, 403 for
+        a missing client certificate or a path the token does not allow (``resume.auth``), 404
+        for an unknown path, 503 when the server is at its connection limit.
+
+        Health probes are answered before the token check, metrics and status after it.
+        """
+        if OpsRoutes.is_public(request.path):
+            return await self.answer_http(request)
         if len(request.headers.get_all("Authorization")) > 1:
             return connection.respond(
                 HTTPStatus.BAD_REQUEST, "more than one Authorization header\n"
             )
+        if self.config.client_ca is not None and not tls.has_client_certificate(
+            connection.transport
+        ):
+            self.refused_auth(connection, request, "no client certificate")
+            return connection.respond(HTTPStatus.FORBIDDEN, "a client certificate is required\n")
         refused = self.auth.process_request(connection, request)
         if refused is not None:
+            self.refused_auth(connection, request, refused.body.decode(errors="replace").strip())
             return refused
+        if OpsRoutes.owns(request.path):
+            return await self.answer_http(request)
         found = self.route(request.path)
         if found is None:
+            log.info(
+                "refused %s GET %s: no such endpoint",
+                peer(connection),
+                request.path,
+                extra={"peer": peer(connection), "path": request.path},
+            )
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint: {request.path}\n")
         refused = self.auth.authorize(connection, *found)
         if refused is not None:
@@ -149,6 +227,47 @@ class ResumeApp:
             return response
         return None
 
+    def refused_auth(self, connection: ServerConnection, request: Request, why: str) -> None:
+        """Log and count a refused authentication (``why`` never contains the credential)."""
+        self.metrics.auth_refused.inc()
+        log.info(
+            "refused %s GET %s: %s",
+            peer(connection),
+            request.path,
+            why,
+            extra={"peer": peer(connection), "path": request.path, "event": "auth_refused"},
+        )
+
+    async def answer_http(self, request: Request) -> Response:
+        """A plain HTTP answer from :class:`OpsRoutes`, as a `websockets` response."""
+        reply = await self.ops.answer("GET", request.path, request.headers)
+        return _response(reply)
+
+    def live_status(self) -> dict[str, Any]:
+        """What ``GET /status`` shows: open connections, and who is sending each upload."""
+        now = time.time()
+        connections: dict[str, int] = {}
+        channels: dict[str, list[dict[str, Any]]] = {}
+        for live in self.live.values():
+            connections[live.endpoint] = connections.get(live.endpoint, 0) + 1
+            if live.endpoint == "streams":
+                channels.setdefault(live.argument, []).append(
+                    {"peer": live.peer, "connected_s": round(now - live.since, 3)}
+                )
+        uploads = []
+        for endpoint in self.exact.values():
+            for file_id, upload in getattr(endpoint, "uploads", {}).items():
+                owner = getattr(getattr(upload, "owner", None), "ws", None)
+                reception = getattr(upload, "reception", None)
+                uploads.append(
+                    {
+                        "file_id": file_id,
+                        "name": getattr(reception, "name", None),
+                        "owner": peer(owner) if owner is not None else None,
+                    }
+                )
+        return {"connections": connections, "channels": channels, "uploads": uploads}
+
     async def handler(self, connection: ServerConnection) -> None:
         """Serve one connection until it ends; errors close only this connection."""
         assert connection.request is not None
@@ -159,18 +278,28 @@ class ResumeApp:
         endpoint, argument = found
         # The server accepts the largest message of any endpoint; narrow it for this one.
         connection.protocol.max_message_size = endpoint.max_message_size
+        path = connection.request.path
+        label = self.metrics.endpoint_label(path) or "upload"
+        live = LiveConnection(label, argument, peer(connection), time.time())
+        self.live[connection] = live
+        self.metrics.connections.labels(label).inc()
+        self.metrics.connections_open.labels(label).inc()
         self.active += 1
         try:
             await endpoint.handle(connection, argument)
         except Exception:
-            log.exception("handler for %s failed", connection.request.path)
+            log.exception("handler for %s failed", path, extra={"peer": live.peer})
             await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self.active -= 1
+            del self.live[connection]
+            self.metrics.connections_open.labels(label).dec()
+            _log_connection(connection, live, path)
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for ``websockets.asyncio.server.serve`` that this app needs."""
         return {
+            "ssl": self.ssl_context,
             "process_request": self.process_request,
             "subprotocols": [SUBPROTOCOL],
             "select_subprotocol": _select_subprotocol,
@@ -184,10 +313,92 @@ class ResumeApp:
         }
 
     async def close(self) -> None:
-        """Stop background work of every endpoint and close the store."""
-        for endpoint in {*self.routes.values(), *self.exact.values()}:
-            await endpoint.close()
-        self.store.close()
+        """Stop background work of every endpoint, close the store and unlock the root."""
+        try:
+            for endpoint in {*self.routes.values(), *self.exact.values()}:
+                await endpoint.close()
+            self.store.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
+@dataclass(frozen=True, slots=True)
+class LiveConnection:
+    """An open WebSocket connection, for ``/status`` and the line logged when it ends."""
+
+    endpoint: str  # the metrics label: upload or streams
+    argument: str  # the channel name for streams
+    peer: str
+    since: float  # Unix time it opened
+
+
+def _log_connection(connection: ServerConnection, live: LiveConnection, path: str) -> None:
+    """The one INFO line of a connection: who, where, how it ended, how long it lasted."""
+    code = connection.close_code  # None: the server closes it (1000) right after this
+    reason = connection.close_reason or ""
+    duration = time.time() - live.since
+    log.info(
+        "connection %s %s closed %s%s after %.1fs",
+        live.peer,
+        path,
+        code if code is not None else 1000,
+        f" ({reason})" if reason else "",
+        duration,
+        extra={
+            "event": "connection",
+            "peer": live.peer,
+            "path": path,
+            "close_code": code if code is not None else 1000,
+            "duration_s": round(duration, 3),
+        },
+    )
+
+
+def _response(reply: HttpReply) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(reply.body))),
+            *reply.headers,
+        ]
+    )
+    status = HTTPStatus(reply.status)
+    return Response(status.value, status.phrase, headers, reply.body)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (names other than localhost: no)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "", a host name or an interface name: assume reachable from outside
+
+
+def check_exposure(config: ServerConfig) -> None:
+    """Refuse an unauthenticated server on a non-loopback address; warn about plain text."""
+    if is_loopback(config.host):
+        return
+    where = config.host or "every interface"
+    authenticated = any((config.token, config.jwt_secret, config.jwt_public_key, config.client_ca))
+    if not authenticated:
+        if not config.allow_anonymous:
+            raise UsageError(
+                f"refusing to listen on {where} without authentication: anyone who can reach "
+                f"it could write into {config.root}. Give --token (or $RESUME_TOKEN), "
+                "--jwt-secret / --jwt-public-key, require client certificates with --client-ca, "
+                "or pass --allow-anonymous"
+            )
+        log.warning("listening on %s with no authentication (--allow-anonymous)", where)
+    if config.certfile is None:
+        log.warning(
+            "listening on %s without TLS: the token and the data travel in clear; use "
+            "--certfile/--keyfile, or a TLS-terminating proxy in front (docs/operations.md)",
+            where,
+        )
 
 
 def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> Any:
@@ -198,29 +409,28 @@ def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> Any:
 def build_app(config: ServerConfig) -> ResumeApp:
     """A :class:`ResumeApp` with the upload and stream endpoints mounted."""
     app = ResumeApp(config)
-    app.mount_exact(
-        "/upload",
-        UploadEndpoint(
-            app.store,
-            config.root,
-            max_file_size=config.max_file_size,
-            max_chunk_size=config.max_chunk_size,
-            expire=config.expire,
-            limits=config.upload_limits,
-        ),
+    uploads = UploadEndpoint(
+        app.store,
+        config.root,
+        max_file_size=config.max_file_size,
+        max_chunk_size=config.max_chunk_size,
+        expire=config.expire,
+        limits=config.upload_limits,
     )
-    app.mount_prefix(
-        "streams",
-        StreamEndpoint(
-            app.store,
-            max_message_size=config.stream_max_message,
-            retention_count=config.retention_count,
-            retention_age=config.retention_age,
-            tail_memory=config.tail_memory,
-            publish_rate=config.publish_rate,
-            publish_bytes=config.publish_bytes,
-        ),
+    uploads.metrics = app.metrics
+    app.metrics.watch_uploads(lambda: sum(u.owner is not None for u in uploads.uploads.values()))
+    app.mount_exact("/upload", uploads)
+    streams = StreamEndpoint(
+        app.store,
+        max_message_size=config.stream_max_message,
+        retention_count=config.retention_count,
+        retention_age=config.retention_age,
+        tail_memory=config.tail_memory,
+        publish_rate=config.publish_rate,
+        publish_bytes=config.publish_bytes,
     )
+    streams.metrics = app.metrics
+    app.mount_prefix("streams", streams)
     return app
 
 
@@ -232,19 +442,30 @@ async def run_server(
     app_factory: Callable[[ServerConfig], ResumeApp] = build_app,
     after_start: Callable[[Server], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until ``stop`` is set, then close every connection with 1001 and return."""
+    """Serve until ``stop`` is set, then close every connection with 1001 and return.
+
+    Raises :class:`UsageError` for a non-loopback address without authentication (see
+    :func:`check_exposure`) and :class:`~resume.errors.StoreLocked` if another server holds
+    the root.
+    """
+    check_exposure(config)
     app = app_factory(config)
     stop = stop or asyncio.Event()
     try:
         async with serve(app.handler, config.host, config.port, **app.serve_options()) as server:
             host, port = server.sockets[0].getsockname()[:2]
-            url = f"ws://{host}:{port}"
-            log.info("listening on %s (root %s)", url, config.root)
+            scheme = "wss" if app.ssl_context is not None else "ws"
+            url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+            if app.lock is not None:
+                fingerprint = tls.certificate_sha256(config.certfile) if config.certfile else None
+                app.lock.describe(url=url, cert_sha256=fingerprint)
+            log.info("listening on %s (root %s)", url, config.root, extra={"url": url})
             if ready is not None:
                 ready(url)
             if after_start is not None:
                 await after_start(server)
             await stop.wait()
+            app.ops.stopping = True
             server.close(
                 close_connections=True, code=CloseCode.GOING_AWAY, reason="server stopping"
             )
@@ -253,4 +474,12 @@ async def run_server(
         await app.close()
 
 
-__all__ = ["Endpoint", "ResumeApp", "ServerConfig", "build_app", "run_server"]
+__all__ = [
+    "Endpoint",
+    "ResumeApp",
+    "ServerConfig",
+    "build_app",
+    "check_exposure",
+    "is_loopback",
+    "run_server",
+]

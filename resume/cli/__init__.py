@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from resume import __version__
+from resume import __version__, logs
 from resume.cli import db, serve, status, stream, upload
 from resume.errors import ResumeError, UsageError
 
@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logs.quiet_third_party(unless=args.verbose >= 2)  # -v: resume's INFO, not Alembic's
     try:
         return int(args.run(args))
     except UsageError as exc:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from resume.cli.format import parse_duration
 from resume.errors import UsageError
@@ -59,3 +61,52 @@ def retry_policy(args: argparse.Namespace) -> tuple[Backoff, float | None]:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return Backoff(base=min(0.5, args.max_retry_delay), cap=args.max_retry_delay), give_up
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """TLS (``--cacert``, ``--insecure``, ``--cert``, ``--key``) and ``--use-env-proxy``."""
+    group = parser.add_argument_group("TLS and proxies (wss:// URLs)")
+    group.add_argument(
+        "--cacert",
+        metavar="FILE",
+        type=Path,
+        help="trust only the CA certificates in this PEM file (a private CA or a self-signed "
+        "server); default: the system's trust store",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do NOT verify the server's certificate (testing only: prints a warning)",
+    )
+    group.add_argument(
+        "--cert", metavar="FILE", type=Path, help="client certificate (PEM), for mutual TLS"
+    )
+    group.add_argument(
+        "--key", metavar="FILE", type=Path, help="private key of --cert, unless it is in that file"
+    )
+    group.add_argument(
+        "--use-env-proxy",
+        action="store_true",
+        help="connect through the proxy in $WSS_PROXY, $WS_PROXY, $SOCKS_PROXY, $HTTPS_PROXY or "
+        "$HTTP_PROXY, honouring $NO_PROXY (default: connect directly)",
+    )
+
+
+def connection_settings(args: argparse.Namespace, url: str | None = None) -> dict[str, Any]:
+    """``ssl`` and ``use_env_proxy`` for :class:`ConnectOptions`, from the options above.
+
+    With ``url``, TLS options on a ``ws://`` URL are refused: they would silently do nothing.
+    """
+    from resume.tls import INSECURE_WARNING, client_context
+
+    wants_tls = args.cacert or args.insecure or args.cert or args.key
+    if url is not None and wants_tls and not url.startswith("wss://"):
+        raise UsageError("--cacert, --insecure, --cert and --key need a wss:// URL")
+    context = None
+    if wants_tls:
+        context = client_context(
+            cacert=args.cacert, insecure=args.insecure, certfile=args.cert, keyfile=args.key
+        )
+    if args.insecure:
+        print(f"resume: {INSECURE_WARNING}", file=sys.stderr, flush=True)
+    return {"ssl": context, "use_env_proxy": args.use_env_proxy}

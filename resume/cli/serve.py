@@ -1,15 +1,16 @@
-"""``resume serve``: the peer for uploads and streams."""
+"""``resume serve``: the peer for uploads and streams (and ``resume server-status``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resume.cli import server_status
 from resume.cli.format import parse_duration, parse_size
 from resume.errors import UsageError
 
@@ -23,8 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="run the server that receives uploads and serves streams",
         description=(
             "Receive uploads into ROOT (partials live under ROOT/.resume/ until verified) and "
-            "serve stream channels at /streams/NAME. Prints 'listening on ws://HOST:PORT' when "
-            "ready. SIGTERM or SIGINT closes every connection with 1001 and exits 0."
+            "serve stream channels at /streams/NAME. Prints 'listening on ws://HOST:PORT' "
+            "(wss:// with --certfile) when ready. Also answers GET /healthz, /readyz, /metrics "
+            "(Prometheus) and /status. Refuses a non-loopback --host without --token, "
+            "--client-ca or --allow-anonymous, and a ROOT another server is using. SIGTERM or "
+            "SIGINT closes every connection with 1001 and exits 0. Operations guide: "
+            "docs/operations.md."
         ),
     )
     parser.add_argument("--root", required=True, type=Path, help="directory that receives files")
@@ -110,12 +115,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="32MiB",
         help="bytes of upload frames read ahead per connection (default 32MiB; at least one chunk)",
     )
-    limits.add_argument(
-        "--min-free",
-        metavar="SIZE",
-        default="1MiB",
-        help="refuse an upload (disk_full) that would leave less free space (default 1MiB)",
-    )
     parser.add_argument(
         "--tail-memory",
         metavar="SIZE",
@@ -133,7 +132,53 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="SIZE",
         help="stream bytes per second each producer may publish, e.g. 1MiB (default: no limit)",
     )
+    parser.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="allow a non-loopback --host without --token or --client-ca (anyone can write)",
+    )
+    parser.add_argument(
+        "--min-free-space",
+        metavar="SIZE",
+        default="256MiB",
+        help="keep this much free under the root: /readyz fails below it and an upload that "
+        "would go below it is refused with disk_full (default 256MiB)",
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="do not serve: list ROOT's partial uploads and channels (as `resume server-status`)",
+    )
+    parser.add_argument("--json", action="store_true", help="with --list: print JSON")
+    tls_group = parser.add_argument_group("TLS")
+    tls_group.add_argument(
+        "--certfile", metavar="FILE", type=Path, help="serve wss://: certificate chain (PEM)"
+    )
+    tls_group.add_argument(
+        "--keyfile", metavar="FILE", type=Path, help="private key (PEM), unless in --certfile"
+    )
+    tls_group.add_argument(
+        "--client-ca",
+        metavar="FILE",
+        type=Path,
+        help="require client certificates signed by a CA in this PEM file (mutual TLS)",
+    )
+    log_group = parser.add_argument_group("logging")
+    log_group.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per line for log shippers (default text)",
+    )
+    log_group.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe level logged (default info: one line per connection and upload); "
+        "-v is debug, -vv also lets third-party libraries log",
+    )
     parser.set_defaults(run=run)
+    server_status.add_parser(subparsers)
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
@@ -145,6 +190,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     try:
         max_size = parse_size(args.max_size) if args.max_size else None
+        min_free_space = parse_size(args.min_free_space)
         expire = parse_duration(args.expire)
         retention_age = parse_duration(args.retention_age)
         idle_timeout = parse_duration(args.idle_timeout)
@@ -154,7 +200,6 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
             else None
         )
         queued = parse_size(args.max_queued)
-        min_free = parse_size(args.min_free)
         tail_memory = parse_size(args.tail_memory)
         publish_bytes = parse_size(args.publish_bytes) if args.publish_bytes else None
     except ValueError as exc:
@@ -172,7 +217,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_files_per_connection=args.max_files_per_connection,
         max_reserved_per_connection=reserved,
         max_queue_bytes=queued,
-        min_free_bytes=min_free,
+        min_free_bytes=min_free_space,
     )
     if args.publish_rate is not None and not args.publish_rate > 0:
         raise UsageError("--publish-rate must be positive")
@@ -194,14 +239,26 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         tail_memory=tail_memory,
         publish_rate=args.publish_rate,
         publish_bytes=publish_bytes,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        client_ca=args.client_ca,
+        allow_anonymous=args.allow_anonymous,
+        min_free_space=min_free_space,
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list:
+        return server_status.run(args)
+    if args.json:
+        raise UsageError("--json goes with --list")
+    from resume import logs
+
+    level = "debug" if args.verbose else args.log_level
+    logs.configure(log_format=args.log_format, level=level, third_party=args.verbose >= 2)
     config = config_from(args)
     if config.root.exists() and not config.root.is_dir():
         raise UsageError(f"--root {config.root} exists and is not a directory")
-    config.root.mkdir(parents=True, exist_ok=True)
     _raise_descriptor_limit()
     asyncio.run(_serve(config))
     return 0
@@ -234,4 +291,4 @@ async def _serve(config: ServerConfig) -> None:
         await run_server(config, ready=ready, stop=stop)
     except OSError as exc:
         raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from exc
-    print("server stopped", file=sys.stderr, flush=True)
+    logging.getLogger("resume.server").info("server stopped")

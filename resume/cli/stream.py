@@ -9,7 +9,14 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from resume.cli.options import add_db_option, add_retry_options, add_token_option, retry_policy
+from resume.cli.options import (
+    add_connection_options,
+    add_db_option,
+    add_retry_options,
+    add_token_option,
+    connection_settings,
+    retry_policy,
+)
 from resume.errors import Interrupted, UsageError
 
 if TYPE_CHECKING:
@@ -32,6 +39,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     add_db_option(parser)
     add_token_option(parser)
     add_retry_options(parser)
+    add_connection_options(parser)
 
 
 def _add_send(subparsers: argparse._SubParsersAction) -> None:
@@ -103,10 +111,14 @@ def _check_url(url: str) -> None:
 
 
 def _options(args: argparse.Namespace) -> Any:
+    import dataclasses
+
     from resume.stream.client import StreamOptions
 
     backoff, give_up = retry_policy(args)
-    return StreamOptions(backoff=backoff, give_up_after=give_up)
+    defaults = StreamOptions()
+    connect = dataclasses.replace(defaults.connect, **connection_settings(args, args.url))
+    return dataclasses.replace(defaults, backoff=backoff, give_up_after=give_up, connect=connect)
 
 
 # -- send ---------------------------------------------------------------------------------------

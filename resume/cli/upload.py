@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resume.cli.format import format_bytes, parse_duration, parse_size
-from resume.cli.options import add_db_option, add_retry_options, add_token_option, retry_policy
+from resume.cli.options import (
+    add_connection_options,
+    add_db_option,
+    add_retry_options,
+    add_token_option,
+    connection_settings,
+    retry_policy,
+)
 from resume.errors import Interrupted, ResumeError, UsageError
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 
@@ -75,6 +82,7 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_retry_options(parser)
+    add_connection_options(parser)
     parser.set_defaults(run=run_upload)
 
 
@@ -96,6 +104,7 @@ def _add_cancel(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="only mark it cancelled here, without reaching the server",
     )
+    add_connection_options(parser)
     parser.set_defaults(run=run_cancel)
 
 
@@ -137,7 +146,10 @@ def options_from(args: argparse.Namespace) -> UploadOptions:
         window=args.window,
         restart=args.restart,
         connect=ConnectOptions(
-            token=args.token or None, max_size=64 * 2**20, write_limit=4 * 2**20
+            token=args.token or None,
+            max_size=64 * 2**20,
+            write_limit=4 * 2**20,
+            **connection_settings(args, args.url),
         ),
         backoff=backoff,
         give_up_after=give_up,
@@ -253,11 +265,10 @@ def run_cancel(args: argparse.Namespace) -> int:
         if record.state is TransferState.COMPLETED:
             raise UsageError(f"transfer {record.file_id[:8]} is already completed")
         if not args.local:
-            asyncio.run(
-                cancel_on_server(
-                    record.url, record.file_id, ConnectOptions(token=args.token or None)
-                )
+            connect = ConnectOptions(
+                token=args.token or None, **connection_settings(args, record.url)
             )
+            asyncio.run(cancel_on_server(record.url, record.file_id, connect))
         store.transfers.update(
             record.file_id, state=TransferState.CANCELLED, last_error="cancelled by the user"
         )

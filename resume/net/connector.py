@@ -20,6 +20,8 @@ from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
     InvalidMessage,
+    InvalidProxy,
+    InvalidProxyStatus,
     InvalidStatus,
     InvalidURI,
     PayloadTooBig,
@@ -36,6 +38,7 @@ from resume.errors import (
     ProtocolError,
     Rejected,
     ResumeError,
+    ServerBusy,
     UsageError,
     Verdict,
     classify,
@@ -69,6 +72,10 @@ class ConnectOptions:
     max_queue: int = 32
     write_limit: int = 2**20  # bytes buffered before send() waits for the socket
     subprotocol: str | None = SUBPROTOCOL  # None for servers that do not speak resume.v1
+    # TLS for wss:// URLs (resume.tls.client_context); None = the system's default trust store
+    ssl: ssl.SSLContext | None = None
+    # Opt-in: honour WSS_PROXY, HTTPS_PROXY, HTTP_PROXY... and NO_PROXY from the environment
+    use_env_proxy: bool = False
 
 
 def translate(exc: BaseException) -> ResumeError | None:
@@ -80,6 +87,16 @@ def translate(exc: BaseException) -> ResumeError | None:
         return error_for_status(exc.response.status_code, body)
     if isinstance(exc, InvalidURI):
         return UsageError(f"not a WebSocket URL: {exc.uri} ({exc.msg})")
+    if isinstance(exc, InvalidProxy):
+        return UsageError(f"bad proxy setting: {exc}")
+    if isinstance(exc, InvalidProxyStatus):
+        status = exc.response.status_code
+        if status >= 500:
+            return ServerBusy(f"proxy unavailable: HTTP {status}", status=status)
+        return Rejected(f"proxy refused the connection: HTTP {status}", status=status)
+    tls_error = _tls_error(exc)
+    if tls_error is not None:
+        return tls_error
     if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError | OSError):
         return ConnectError(f"connection closed during the handshake: {exc.__cause__ or exc}")
     if isinstance(exc, InvalidHandshake):
@@ -96,12 +113,35 @@ def translate(exc: BaseException) -> ResumeError | None:
         return ConnectTimeout(f"timed out: {exc}" if str(exc) else "timed out")
     if isinstance(exc, EOFError | asyncio.IncompleteReadError):
         return ConnectionLost(f"connection lost: {exc}")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = getattr(exc, "verify_message", None) or exc
-        return Rejected(f"TLS certificate verification failed: {reason}")
     if isinstance(exc, OSError):
         return ConnectError(f"cannot connect: {exc.strerror or exc}")
     return None
+
+
+def _tls_error(exc: BaseException) -> ResumeError | None:
+    """A TLS failure (raised directly, or as the cause of a failed handshake), or None.
+
+    A certificate that does not verify, a protocol mismatch (``wss://`` to a plain server) or
+    a server that wants a client certificate will fail the same way on every attempt: fatal.
+    Only a TLS connection cut mid-handshake (``SSLEOFError``, ``SSLZeroReturnError``) is a
+    dropped connection like any other, and retried.
+    """
+    error = exc if isinstance(exc, ssl.SSLError) else None
+    if isinstance(exc, InvalidHandshake):  # e.g. the server's alert arrived with its answer
+        error = exc.__cause__
+    if not isinstance(error, ssl.SSLError):
+        return None
+    # Built by the ssl module these carry ``reason`` / ``verify_message``; by hand they may not.
+    reason = getattr(error, "reason", None) or error
+    if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return ConnectError(f"TLS connection cut: {reason}")
+    if isinstance(error, ssl.SSLCertVerificationError):
+        reason = getattr(error, "verify_message", None) or reason
+        return Rejected(
+            f"TLS certificate verification failed: {reason} (for a private CA or a "
+            "self-signed server give --cacert FILE)"
+        )
+    return Rejected(f"TLS handshake failed: {reason}")
 
 
 async def open_connection(
@@ -119,7 +159,8 @@ async def open_connection(
             additional_headers=headers,
             user_agent_header=f"resume/{__version__}",
             compression=None,  # chunks are incompressible; small messages gain little
-            proxy=None,
+            proxy=True if options.use_env_proxy else None,
+            **({"ssl": options.ssl} if options.ssl is not None and url.startswith("wss:") else {}),
             open_timeout=options.open_timeout,
             ping_interval=options.ping_interval,
             ping_timeout=options.ping_timeout,

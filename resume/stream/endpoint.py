@@ -55,6 +55,7 @@ from resume.errors import (
     StoreError,
 )
 from resume.housekeeping import Housekeeping
+from resume.metrics import ServerMetrics
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.store import Store
@@ -114,6 +115,7 @@ class StreamEndpoint:
         self.channels: dict[str, Channel] = {}  # only those some connection uses
         self.producers: dict[tuple[str, str], StreamConnection] = {}  # the live connection
         self.quotas: dict[str, Quota] = {}  # per namespaced producer id, while not idle
+        self.metrics = ServerMetrics()  # build_app puts the app's own here
         self._expiry = Housekeeping(
             self.expire_old, age=retention_age, what="trimming stream logs", errors=(StoreError,)
         )
@@ -412,15 +414,17 @@ class StreamConnection:
                     "fenced: a newer connection of this producer took over",
                     close_code=PRODUCER_FENCED,
                 )
-            appended = await asyncio.to_thread(
-                endpoint.log.append,
-                self.name,
-                self.producer,
-                first,
-                texts,
-                instance=self.instance,
-                keep=endpoint.retention_count,
-            )
+            with endpoint.metrics.commit_seconds.labels("stream").time():
+                appended = await asyncio.to_thread(
+                    endpoint.log.append,
+                    self.name,
+                    self.producer,
+                    first,
+                    texts,
+                    instance=self.instance,
+                    keep=endpoint.retention_count,
+                )
+            endpoint.metrics.stream_appended.inc(appended.count)
             if appended.count:
                 channel.remember(appended.first, texts[-appended.count :], appended.timestamp)
                 channel.advance(appended.head)
@@ -469,10 +473,12 @@ class StreamConnection:
                 await self._send_gap(position + 1, rows[0].seq - 1)
             rows = _fit(rows, PUSH_FRAME_BYTES)
             await self.ws.send(_msgs_frame(rows))
+            endpoint.metrics.stream_delivered.inc(len(rows))
             self.in_flight.append([rows[0].seq, rows[-1].seq])
             position = rows[-1].seq
 
     async def _send_gap(self, first: int, last: int) -> None:
+        self.endpoint.metrics.stream_gaps.inc()
         log.info(
             "%s: seqs %d..%d were trimmed before %s took them",
             self.name,

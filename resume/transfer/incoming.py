@@ -290,8 +290,9 @@ class Upload:
                 self.idle.set()
 
     def _make_durable(self, batch: SyncBatch) -> None:
-        reception = self.require()
-        self.partial.sync()
+        reception, metrics = self.require(), self.endpoint.metrics
+        with metrics.fsync_seconds.time():
+            self.partial.sync()
         crash_point("chunk.synced")
         held = {**reception.held, **dict(batch.chunks)}
         stored = [
@@ -299,9 +300,10 @@ class Upload:
             for index, checksum in batch.chunks
             for spec in (reception.geometry.spec(index),)
         ]
-        self.endpoint.repo.record_chunks(
-            self.file_id, self.fence, stored, reception.geometry.contiguous_offset(held)
-        )
+        with metrics.commit_seconds.labels("upload").time():
+            self.endpoint.repo.record_chunks(
+                self.file_id, self.fence, stored, reception.geometry.contiguous_offset(held)
+            )
         crash_point("chunk.recorded")
 
     async def _sync_failed(self, exc: BaseException) -> None:

@@ -36,6 +36,8 @@ from resume.auth import principal_of
 from resume.crashpoints import crash_point
 from resume.errors import Fenced, ProtocolError, StoreError
 from resume.housekeeping import Housekeeping
+from resume.logs import peer
+from resume.metrics import ServerMetrics
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.protocol.receive import (
@@ -102,6 +104,7 @@ class UploadEndpoint:
         self.names: dict[str, str] = {}  # name -> file id, for files not yet recorded
         self.connections: set[Connection] = set()
         self.reserved = 0  # bytes still to come of every file owned right now
+        self.metrics = ServerMetrics()  # build_app puts the app's own here
         self._expiry = Housekeeping(
             self.housekeeping,
             age=expire,
@@ -226,7 +229,7 @@ class Connection:
         self.epochs: dict[str, int] = {}  # its epoch of each
         self.reserved: dict[str, int] = {}  # bytes still to come of each
         self.taken_over: dict[str, str] = {}  # files taken from it: why
-        self.peer = websocket.remote_address
+        self.peer = peer(websocket)
         self.principal = principal_of(websocket)
 
     def key(self, wire_id: str) -> str:
@@ -275,7 +278,8 @@ class Connection:
                         await self.close_after(refusal)
                         break
         except ProtocolError as exc:
-            log.warning("closing %s: %s", self.peer, exc)
+            self.endpoint.metrics.upload_failed("protocol")
+            log.warning("closing %s: %s", self.peer, exc, extra={"peer": self.peer})
             await self.ws.close(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc)[:120])
         except ConnectionClosed:
             pass
@@ -295,7 +299,13 @@ class Connection:
         }
         if file_id:
             message["file_id"] = file_id
-        log.info("refused %s: %s", self.peer, refusal)
+        self.endpoint.metrics.upload_failed(refusal.code.value)
+        log.info(
+            "upload refused for %s: %s",
+            self.peer,
+            refusal,
+            extra={"peer": self.peer, "file_id": file_id, "code": refusal.code.value},
+        )
         await self.send(message)
 
     async def close_after(self, refusal: Refused) -> None:
@@ -449,7 +459,13 @@ class Connection:
         if upload.owner is not self:
             return
         log.info(
-            "receiving %s (%s, %d bytes) from %s", begin.name, begin.file_id, begin.size, self.peer
+            "upload begin %s (%s, %d bytes, %d chunks held) from %s",
+            begin.name,
+            begin.file_id,
+            begin.size,
+            len(upload.require().held),
+            self.peer,
+            extra={"peer": self.peer, "file_id": begin.file_id},
         )
         await self.send(
             {
@@ -552,7 +568,14 @@ class Connection:
                 upload.settled.set()
         self.disown(file_id)
         upload.owner = None
-        log.info("received %s (%d bytes) from %s", name, reception.geometry.size, self.peer)
+        self.endpoint.metrics.uploads_completed.inc()
+        log.info(
+            "upload finished %s (%d bytes) from %s",
+            name,
+            reception.geometry.size,
+            self.peer,
+            extra={"peer": self.peer, "file_id": file_id},
+        )
         await self.send({"type": "done", "file_id": file_id, "name": name})
 
     async def publish(self, upload: Upload, epoch: int, checksum: str) -> None:
@@ -671,6 +694,7 @@ class Connection:
             if stored:
                 reception.written(epoch, header.index, header.checksum)
                 upload.kick()
+                self.endpoint.metrics.bytes_received.inc(len(payload))
         if not stored:
             log.warning("chunk %d of %s failed its checksum", header.index, file_id)
             await self.send(

@@ -94,7 +94,7 @@ async def test_a_begin_then_disconnect_holds_no_disk(
     serve_process: Serve, tiny_disk: Path, tmp_path: Path, client_store: Store
 ) -> None:
     """Nothing is reserved on disk for bytes not yet sent; a begin too big for it is disk_full."""
-    server = serve_process("--min-free", "0", root=tiny_disk / "root")
+    server = serve_process("--min-free-space", "0", root=tiny_disk / "root")
     ws = await raw(server.url)
     reply = await request(ws, Begin(new_file_id(), "huge.bin", 2**30, 2**20).to_json())
     assert reply["code"] == "disk_full"
@@ -221,7 +221,7 @@ async def test_a_full_disk_under_the_database_is_disk_full_not_1011(
     serve_process: Serve, tiny_disk: Path
 ) -> None:
     """When the store cannot write for lack of space the client hears disk_full, plainly."""
-    server = serve_process("--min-free", "0", root=tiny_disk / "root")
+    server = serve_process("--min-free-space", "0", root=tiny_disk / "root")
     filler = tiny_disk / "filler"
     with filler.open("wb") as f, pytest.raises(OSError):
         while True:
