@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from resume.transfer.plan import FileJob
+    from resume.transfer.tus_client import TusUploader
     from resume.transfer.upload import FileResult, Uploader, UploadOptions
 
 # Heavy imports (SQLAlchemy, websockets, rich) live inside the run functions, so that
@@ -51,7 +52,11 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to send")
-    parser.add_argument("url", metavar="URL", help="server, e.g. ws://127.0.0.1:8765")
+    parser.add_argument(
+        "url",
+        metavar="URL",
+        help="server, e.g. ws://127.0.0.1:8765, or any tus 1.0 server's http(s)://HOST/files/",
+    )
     add_db_option(parser)
     parser.add_argument(
         "--chunk-size",
@@ -66,6 +71,13 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
         help=f"chunks in flight at once (default {DEFAULT_WINDOW}); sent chunks are not kept in memory",
     )
     parser.add_argument("--name", help="remote name of a single file (default: its file name)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="tus servers that offer concatenation: send each file as N partial uploads at once",
+    )
     add_token_option(parser)
     parser.add_argument(
         "--restart",
@@ -150,9 +162,13 @@ def run_upload(args: argparse.Namespace) -> int:
     from resume.cli.progress import ProgressReporter
     from resume.store import open_store
     from resume.transfer.plan import collect_jobs
+    from resume.transfer.tus_client import TusOptions, TusUploader, is_tus_url
     from resume.transfer.upload import Uploader
 
     options = options_from(args)
+    tus_options = TusOptions(parallel=args.parallel) if is_tus_url(args.url) else None
+    if tus_options is None and args.parallel != 1:
+        raise UsageError("--parallel works with tus servers (http:// or https:// URLs)")
     jobs = collect_jobs([Path(p) for p in args.paths], name=args.name)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     console = Console(stderr=True)
@@ -161,7 +177,11 @@ def run_upload(args: argparse.Namespace) -> int:
     error: ResumeError | None = None
     with open_store(args.db) as store:
         reporter = ProgressReporter(console, jobs, enabled=show_progress)
-        uploader = Uploader(store, args.url, options, progress=reporter)
+        uploader: Uploader | TusUploader = (
+            TusUploader(store, args.url, options, tus_options, progress=reporter)
+            if tus_options is not None
+            else Uploader(store, args.url, options, progress=reporter)
+        )
         try:
             with reporter:
                 results = asyncio.run(_run_with_signals(uploader, jobs, console))
@@ -185,7 +205,7 @@ def run_upload(args: argparse.Namespace) -> int:
 
 
 async def _run_with_signals(
-    uploader: Uploader, jobs: list[FileJob], console: Console
+    uploader: Uploader | TusUploader, jobs: list[FileJob], console: Console
 ) -> list[FileResult]:
     loop = asyncio.get_running_loop()
     interrupts = 0
@@ -242,6 +262,7 @@ def run_cancel(args: argparse.Namespace) -> int:
     from resume.store import open_store
     from resume.store.models import TransferState
     from resume.transfer.remote import cancel_on_server
+    from resume.transfer.tus_client import cancel_upload, is_tus_url, upload_urls
 
     with open_store(args.db) as store:
         matches = store.transfers.match(args.file_id)
@@ -252,7 +273,9 @@ def run_cancel(args: argparse.Namespace) -> int:
         record = matches[0]
         if record.state is TransferState.COMPLETED:
             raise UsageError(f"transfer {record.file_id[:8]} is already completed")
-        if not args.local:
+        if not args.local and is_tus_url(record.url):
+            asyncio.run(cancel_upload(record, upload_urls(store, record), args.token or None))
+        elif not args.local:
             asyncio.run(
                 cancel_on_server(
                     record.url, record.file_id, ConnectOptions(token=args.token or None)

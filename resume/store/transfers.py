@@ -32,6 +32,7 @@ class TransferRecord:
     created_at: dt.datetime
     timestamp: dt.datetime
     last_error: str | None
+    upload_url: str | None = None  # tus transfers: where the file's upload lives
 
 
 @dataclass(frozen=True, slots=True)
