@@ -192,9 +192,10 @@ def run_upload(args: argparse.Namespace) -> int:
         print(json.dumps(summary(results, jobs, elapsed, error), indent=2), flush=True)
     elif error is None and not show_progress:
         sent = sum(r.bytes_sent for r in results)
+        # A tus server verifies at most each PATCH (checksum extension), not the whole file.
+        where = "uploaded to the tus server" if tus_options else "verified on the server"
         console.print(
-            f"{len(results)} file(s) verified on the server; sent {format_bytes(sent)} "
-            f"in {elapsed:.1f}s"
+            f"{len(results)} file(s) {where}; sent {format_bytes(sent)} in {elapsed:.1f}s"
         )
     if isinstance(error, Interrupted):
         console.print(f"resume: {error}")
