@@ -413,3 +413,31 @@ def test_cancel_deletes_the_upload_on_the_server(hostile, tmp_path: Path) -> Non
     assert ("DELETE", 204) in requests(server)
     assert httpx.head(record["upload_url"], headers={"Tus-Resumable": "1.0.0"}).status_code == 404
     assert status(db)[0]["state"] == "cancelled"
+
+
+def test_ctrl_c_saves_state_and_restart_deletes_the_old_upload(hostile, tmp_path: Path) -> None:
+    """SIGINT: the PATCH in flight finishes, exit 130, resumable; --restart then DELETEs the
+    old upload and sends the file again from zero."""
+    server = hostile({"patch_delay": 0.05})
+    source = make_file(tmp_path / "data.bin", 40 * CHUNK)
+    db = tmp_path / "client.db"
+    proc = start_upload(*upload_args(source, server.url, db))
+    wait_until(lambda: committed(db) >= 3 or proc.poll() is not None, 60, "chunks committed")
+    code, out, err = stop(proc, signal.SIGINT)
+    assert code == 130, err
+    summary = json.loads(out)
+    assert summary["interrupted"] and "resume with the same command" in summary["error"]
+    [record] = status(db)
+    assert record["state"] == "pending" and record["chunks"]["prepared"] == 0
+    old_url = record["upload_url"]
+    code, summary, stderr = upload(source, server.url, db, "--restart")
+    assert code == 0, stderr
+    assert summary["files"][0]["resumed_from"] == 0
+    seen = requests(server)
+    assert ("DELETE", 204) in seen
+    assert seen.index(("DELETE", 204)) < len(seen) - seen[::-1].index(("POST", 201))
+    records = {r["state"]: r for r in status(db)}
+    assert records["cancelled"]["upload_url"] == old_url
+    assert (
+        read_upload(Path(server.cmd[2]), records["completed"]["upload_url"]) == source.read_bytes()
+    )
