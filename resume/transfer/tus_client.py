@@ -377,6 +377,8 @@ class TusUploader:
         """Send one file to the end; a 404/410 of its upload starts a new one (bounded)."""
         if state.done:
             return
+        if self._stopping.is_set():  # e.g. Ctrl-C while the retry loop was waiting
+            raise Interrupted("interrupted; resume with the same command")
         max_size = self.capabilities.max_size
         if max_size is not None and state.record.size > max_size:
             raise Rejected(
