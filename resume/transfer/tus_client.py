@@ -43,7 +43,7 @@ from resume.errors import (
 )
 from resume.net.http import HttpClient, RetryLoop
 from resume.protocol import tus
-from resume.protocol.ledger import ChunkRecord, ChunkState, Ledger
+from resume.protocol.ledger import ChunkRecord, ChunkSpec, ChunkState, Ledger
 from resume.protocol.upload import new_file_id
 from resume.store import Store
 from resume.store.models import TransferState
@@ -115,6 +115,7 @@ class _Part:
     end: int
     url: str | None
     offset: int = 0  # what the server holds of this part, from its last answer
+    idle: int = 0  # answers in a row that moved nothing
 
     @property
     def length(self) -> int:
@@ -498,13 +499,12 @@ class TusUploader:
 
     async def _create_single(self, state: _FileState, part: _Part) -> None:
         """Create the file's one upload; a small file travels in the creating POST itself."""
-        record, ledger = state.record, state.ledger
+        record = state.record
         small = self.tus.small_file if self.tus.small_file is not None else record.chunk_size
         body = None
         if 0 < record.size <= small and self.capabilities.offers("creation-with-upload"):
             async with ChunkSource(state.job.path) as source:
-                buffer = await source.read(ledger.spec(0))
-            self._prepare(state, 0, chunk_checksum(buffer))
+                buffer = await self._load(state, source, 0)
             state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
             body = bytes(buffer)
         url, offset = await self._create(
@@ -568,61 +568,106 @@ class TusUploader:
             for index in indexes:
                 held[index] = chunk_checksum(await source.read(state.ledger.spec(index)))
 
-    def _prepare(self, state: _FileState, index: int, checksum: str) -> None:
-        """Phase one: the chunk is PREPARED, durably, before its bytes leave."""
+    async def _load(self, state: _FileState, source: ChunkSource, index: int) -> bytearray:
+        """Read chunk ``index`` and make it PREPARED, durably (phase one), before it is sent.
+
+        Runs while the previous PATCH is in flight; the database write goes to a thread so
+        the event loop keeps feeding the socket.
+        """
         ledger = state.ledger
+        buffer = await source.read(ledger.spec(index))
+        checksum = chunk_checksum(buffer)
         current = ledger.state(index)
         if current is ChunkState.PENDING:
-            self.repo.prepare_chunks(
-                state.record.file_id, ledger, [ledger.prepare(index, checksum)]
+            prepared = [ledger.prepare(index, checksum)]
+            await asyncio.to_thread(
+                self.repo.prepare_chunks, state.record.file_id, ledger, prepared
             )
         elif ledger.checksum(index) != checksum:
             raise SourceChanged(
                 f"{state.job.path}: chunk {index} changed since it was first sent; {RESTART_HINT}"
             )
+        return buffer
 
     async def _send_part(self, state: _FileState, part: _Part) -> None:
-        """PATCH the rest of ``part``, one chunk (or the rest of one) per request."""
+        """PATCH the rest of ``part``, one chunk (or the rest of one) per request; the next
+        chunk is read and prepared while the current one is on its way."""
         assert part.url is not None
         ledger = state.ledger
-        algorithm = self.capabilities.checksum_algorithm()
-        idle = 0  # answers in a row that moved nothing
+        ahead: tuple[int, asyncio.Task[bytearray]] | None = None
         async with ChunkSource(state.job.path) as source:
-            while part.offset < part.length and not self._stopping.is_set():
-                position = part.start + part.offset
-                index = position // ledger.chunk_size
-                spec = ledger.spec(index)
-                buffer = await source.read(spec)
-                self._prepare(state, index, chunk_checksum(buffer))
-                state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
-                body = bytes(memoryview(buffer)[position - spec.offset :])
-                checksum = tus.checksum_header(algorithm, body) if algorithm else None
-                headers = tus.patch_headers(part.offset, checksum)
-                response = await self._request("PATCH", part.url, headers, body)
-                state.result.bytes_sent += len(body)
-                if response.status_code == tus.CHECKSUM_FAILED:
-                    self._count_nack(state, index)
-                    continue
-                if not response.is_success:
-                    raise self._error(response, f"the upload {part.url}")
-                offset = _offset(response, part.url)
-                if not part.offset <= offset <= part.offset + len(body):
-                    raise ProtocolError(
-                        f"{part.url}: a PATCH of {len(body)} bytes at {part.offset} was answered "
-                        f"with Upload-Offset {offset}"
-                    )
-                if offset == part.offset:
-                    idle += 1
-                    if idle > self.tus.max_resyncs:
-                        raise ProtocolError(f"{part.url}: the server takes no bytes")
-                    continue
-                idle = 0
-                part.offset = offset
-                if part.start + offset >= spec.offset + spec.length:
-                    self._commit(state, index)
-                self._resyncs = 0
-                assert self._retry is not None
-                self._retry.progressed()
+            try:
+                while part.offset < part.length and not self._stopping.is_set():
+                    position = part.start + part.offset
+                    index = position // ledger.chunk_size
+                    if ahead is not None and ahead[0] == index:
+                        buffer = await ahead[1]
+                    else:
+                        if ahead is not None:  # not the chunk we need: let it finish first
+                            await ahead[1]
+                        buffer = await self._load(state, source, index)
+                    ahead = None
+                    spec = ledger.spec(index)
+                    following = index + 1
+                    if following < part.end_chunk:
+                        ahead = (
+                            following,
+                            asyncio.create_task(self._load(state, source, following)),
+                        )
+                    await self._patch(state, part, spec, buffer)
+            finally:
+                if ahead is not None:
+                    await self._unprepare(state, *ahead)
+
+    async def _unprepare(
+        self, state: _FileState, index: int, task: asyncio.Task[bytearray]
+    ) -> None:
+        """A chunk read ahead was not sent: back to PENDING (or cancel its read)."""
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        ledger = state.ledger
+        with contextlib.suppress(ResumeError):
+            if ledger.state(index) is ChunkState.PREPARED and self._stopping.is_set():
+                self.repo.save_chunks(state.record.file_id, ledger, [ledger.lose(index)])
+
+    async def _patch(
+        self, state: _FileState, part: _Part, spec: ChunkSpec, buffer: bytearray
+    ) -> None:
+        """One PATCH of the rest of a chunk; on success the part's offset moves on."""
+        assert part.url is not None
+        state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
+        algorithm = self.capabilities.checksum_algorithm()
+        position = part.start + part.offset
+        body = bytes(memoryview(buffer)[position - spec.offset :])
+        checksum = tus.checksum_header(algorithm, body) if algorithm else None
+        headers = tus.patch_headers(part.offset, checksum)
+        response = await self._request("PATCH", part.url, headers, body)
+        state.result.bytes_sent += len(body)
+        if response.status_code == tus.CHECKSUM_FAILED:
+            self._count_nack(state, spec.index)
+            return
+        if not response.is_success:
+            raise self._error(response, f"the upload {part.url}")
+        offset = _offset(response, part.url)
+        if not part.offset <= offset <= part.offset + len(body):
+            raise ProtocolError(
+                f"{part.url}: a PATCH of {len(body)} bytes at {part.offset} was answered "
+                f"with Upload-Offset {offset}"
+            )
+        if offset == part.offset:
+            part.idle += 1
+            if part.idle > self.tus.max_resyncs:
+                raise ProtocolError(f"{part.url}: the server takes no bytes")
+            return
+        part.idle = 0
+        part.offset = offset
+        if part.start + offset >= spec.offset + spec.length:
+            self._commit(state, spec.index)
+        self._resyncs = 0
+        assert self._retry is not None
+        self._retry.progressed()
 
     def _count_nack(self, state: _FileState, index: int) -> None:
         count = state.nacks[index] = state.nacks.get(index, 0) + 1
