@@ -256,6 +256,16 @@ def tus_js_upload(
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def random_file(path: Path, size: int) -> Path:
+    """A file of ``size`` random bytes (written a MiB at a time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        for _ in range(size // 2**20):
+            f.write(os.urandom(2**20))
+        f.write(os.urandom(size % 2**20))
+    return path
+
+
 def read_upload(files_dir: Path, upload_url: str) -> bytes:
     """The bytes a tus server stored for ``upload_url`` (tuspyserver, @tus/server and the
     hostile server all name the data file after the last path segment of the URL)."""

@@ -8,7 +8,6 @@ server (hostile_tus.py) scripts the answers the real ones rarely give: 409, 460,
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -19,19 +18,11 @@ import httpx
 import pytest
 
 from tests.interop.peers import ListeningProcess, read_upload
+from tests.interop.peers import random_file as make_file
 from tests.processes import run_resume, start_upload, stop, wait_until
 
 CHUNK = 256 * 1024
 BIG = 48 * 2**20 + 4321  # long enough to be killed in the middle; not a whole number of chunks
-
-
-def make_file(path: Path, size: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        for _ in range(size // 2**20):
-            f.write(os.urandom(2**20))
-        f.write(os.urandom(size % 2**20))
-    return path
 
 
 def upload_args(
