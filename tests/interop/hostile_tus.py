@@ -6,7 +6,9 @@ A plain ASGI app under uvicorn (no framework): creation, creation-with-upload, c
 (``sha1``/``sha256``/``md5``/``xxh3``, verified for real), concatenation, termination. Upload
 state lives in memory, so a restarted server has forgotten every upload (404), while the
 bytes of each upload are in ``DATA_DIR/<id>``. ``GET /_log`` returns every request as
-``[method, path, status, checksum algorithm or null]``.
+``[method, path, status, checksum algorithm or null]``; ``POST /_rewind/<id>/<offset>`` makes
+an upload lose what it held beyond ``offset`` (an acknowledgement without fsync, then a power
+cut).
 
 Faults (JSON object, all optional):
     "checksums": ["sha1"]       advertise the checksum extension with these algorithms
@@ -99,6 +101,13 @@ def make_app(state: State):
     ) -> tuple[int, dict[str, Any], bytes]:
         if path == "/_log":
             return 200, {"Content-Type": "application/json"}, json.dumps(state.log).encode()
+        if path.startswith("/_rewind/"):  # lose bytes it acknowledged, like a cut power
+            _, _, upload_id, offset = path.split("/")
+            rewound = state.uploads[upload_id]
+            rewound.offset = min(rewound.offset, int(offset))
+            with (state.data / upload_id).open("r+b") as f:
+                f.truncate(rewound.offset)
+            return 204, {}, b""
         forced = state.faults.get("status", {}).get(method)
         if forced:
             return int(forced), {}, f"scripted {forced}\n".encode()

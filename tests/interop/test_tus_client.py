@@ -432,3 +432,38 @@ def test_ctrl_c_saves_state_and_restart_deletes_the_old_upload(hostile, tmp_path
     assert (
         read_upload(Path(server.cmd[2]), records["completed"]["upload_url"]) == source.read_bytes()
     )
+
+
+def test_a_server_that_lost_acknowledged_bytes_gets_them_again(hostile, tmp_path: Path) -> None:
+    """The server's offset went back below what it acknowledged (no fsync, power cut): the
+    run says so, sends from the server's offset, and the file is identical."""
+    server = hostile({"patch_delay": 0.05})
+    source = make_file(tmp_path / "data.bin", 40 * CHUNK)
+    db = tmp_path / "client.db"
+    kill_mid_upload(source, server.url, db, chunks=6)
+    url = status(db)[0]["upload_url"]
+    upload_id = url.rsplit("/", 1)[-1]
+    httpx.post(server.url.replace("/files/", f"/_rewind/{upload_id}/{CHUNK + 100}"), timeout=10)
+    code, summary, stderr = upload(source, server.url, db)
+    assert code == 0, stderr
+    assert "holds less than it acknowledged" in stderr
+    assert summary["files"][0]["resumed_from"] == CHUNK + 100
+    assert summary["bytes_sent"] == 40 * CHUNK - (CHUNK + 100)
+    hostile_upload_is_identical(server, tmp_path, db, source)
+
+
+def test_chunks_the_ledger_lost_are_adopted_from_the_server_offset(hostile, tmp_path: Path) -> None:
+    """The client's records were lost (power cut on the client): the chunks below the server's
+    offset are adopted with their local checksums, not sent again."""
+    server = hostile({"patch_delay": 0.05})
+    source = make_file(tmp_path / "data.bin", 40 * CHUNK)
+    db = tmp_path / "client.db"
+    kill_mid_upload(source, server.url, db, chunks=6)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM chunks")
+    code, summary, stderr = upload(source, server.url, db)
+    assert code == 0, stderr
+    resumed = summary["files"][0]["resumed_from"]
+    assert resumed >= 6 * CHUNK and summary["bytes_sent"] == 40 * CHUNK - resumed
+    assert status(db)[0]["chunks"] == {"committed": 40, "prepared": 0, "total": 40}
+    hostile_upload_is_identical(server, tmp_path, db, source)
