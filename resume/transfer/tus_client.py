@@ -286,12 +286,16 @@ class TusUploader:
         return capabilities
 
     async def _terminate_dropped(self) -> None:
-        """--restart: ask the server to delete the uploads of the transfers it dropped."""
+        """--restart: ask the server to delete the uploads of the transfers it dropped (best
+        effort: the server expires them anyway)."""
         while self._terminate:
-            url = self._terminate[0]
-            if self.capabilities.offers("termination"):
+            url = self._terminate.pop(0)
+            if not self.capabilities.offers("termination"):
+                continue
+            try:
                 await terminate(self._http_client, url)
-            self._terminate.pop(0)
+            except ResumeError as exc:  # an abandoned upload only costs the server space
+                log.warning("could not delete the dropped upload %s: %s", url, exc)
 
     @property
     def _http_client(self) -> HttpClient:
