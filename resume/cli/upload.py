@@ -160,14 +160,18 @@ def run_upload(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from resume.cli.progress import ProgressReporter
+    from resume.protocol.tus import is_tus_url
     from resume.store import open_store
     from resume.transfer.plan import collect_jobs
-    from resume.transfer.tus_client import TusOptions, TusUploader, is_tus_url
     from resume.transfer.upload import Uploader
 
     options = options_from(args)
-    tus_options = TusOptions(parallel=args.parallel) if is_tus_url(args.url) else None
-    if tus_options is None and args.parallel != 1:
+    tus_options = None
+    if is_tus_url(args.url):  # any tus server; httpx is imported only for these
+        from resume.transfer.tus_client import TusOptions, TusUploader
+
+        tus_options = TusOptions(parallel=args.parallel)
+    elif args.parallel != 1:
         raise UsageError("--parallel works with tus servers (http:// or https:// URLs)")
     jobs = collect_jobs([Path(p) for p in args.paths], name=args.name)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
@@ -260,10 +264,10 @@ def summary(
 
 def run_cancel(args: argparse.Namespace) -> int:
     from resume.net.connector import ConnectOptions
+    from resume.protocol.tus import is_tus_url
     from resume.store import open_store
     from resume.store.models import TransferState
     from resume.transfer.remote import cancel_on_server
-    from resume.transfer.tus_client import cancel_upload, is_tus_url, upload_urls
 
     with open_store(args.db) as store:
         matches = store.transfers.match(args.file_id)
@@ -275,6 +279,8 @@ def run_cancel(args: argparse.Namespace) -> int:
         if record.state is TransferState.COMPLETED:
             raise UsageError(f"transfer {record.file_id[:8]} is already completed")
         if not args.local and is_tus_url(record.url):
+            from resume.transfer.tus_client import cancel_upload, upload_urls
+
             asyncio.run(cancel_upload(record, upload_urls(store, record), args.token or None))
         elif not args.local:
             asyncio.run(

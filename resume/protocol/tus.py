@@ -36,6 +36,12 @@ _HASHES: dict[str, Callable[[], object]] = {
 CHECKSUM_PREFERENCE = ("xxh3", "sha1", "sha256", "md5", "sha512")
 
 
+def is_tus_url(url: str) -> bool:
+    """True for ``http://`` and ``https://`` URLs: where a tus server's creation endpoint is."""
+    scheme, separator, _ = url.partition("://")
+    return bool(separator) and scheme.lower() in ("http", "https")
+
+
 class TusProtocolError(ValueError):
     """A tus header is missing or malformed (the I/O layer maps it to its own error)."""
 

@@ -61,8 +61,6 @@ from resume.transfer.upload import (
 
 log = logging.getLogger("resume.tus")
 
-TUS_SCHEMES = ("http", "https")
-
 
 @dataclass(frozen=True, slots=True)
 class TusOptions:
@@ -78,15 +76,10 @@ class TusOptions:
             raise UsageError(f"--parallel must be between 1 and 64, got {self.parallel}")
 
 
-def is_tus_url(url: str) -> bool:
-    """True for ``http://`` and ``https://`` URLs: a tus server's creation endpoint."""
-    return urlsplit(url).scheme.lower() in TUS_SCHEMES
-
-
 def creation_url(url: str) -> str:
     """The creation endpoint as given (without a fragment); raises for anything else."""
     parts = urlsplit(url)
-    if parts.scheme.lower() not in TUS_SCHEMES or not parts.hostname:
+    if not tus.is_tus_url(url) or not parts.hostname:
         raise UsageError(f"not a tus server URL: {url!r} (expected http(s)://HOST/files/)")
     return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path or "/", parts.query, ""))
 

@@ -13,6 +13,12 @@ from hypothesis import strategies as st
 from resume.protocol import tus
 
 
+def test_tus_urls_are_http_and_https() -> None:
+    """The CLI sends http(s) URLs to the tus client and everything else to the WebSocket one."""
+    assert tus.is_tus_url("http://127.0.0.1/files/") and tus.is_tus_url("HTTPS://h/files/")
+    assert not tus.is_tus_url("ws://127.0.0.1:8765") and not tus.is_tus_url("http")
+
+
 def test_capabilities_parse_options_headers_case_insensitively() -> None:
     """Tus-Version, Tus-Extension, Tus-Max-Size and Tus-Checksum-Algorithm are all read."""
     caps = tus.Capabilities.from_headers(
