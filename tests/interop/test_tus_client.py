@@ -469,3 +469,18 @@ def test_chunks_the_ledger_lost_are_adopted_from_the_server_offset(hostile, tmp_
     assert resumed >= 6 * CHUNK and summary["bytes_sent"] == 40 * CHUNK - resumed
     assert status(db)[0]["chunks"] == {"committed": 40, "prepared": 0, "total": 40}
     hostile_upload_is_identical(server, tmp_path, db, source)
+
+
+def test_parallel_parts_survive_409_and_503_then_join(hostile, tmp_path: Path) -> None:
+    """--parallel 3 with a 409 and a 503 on the way: every part resyncs, the final upload
+    joins them in order, and the joined file is identical."""
+    server = hostile({"conflict": 1, "busy": 1, "checksums": ["sha256"]})
+    source = make_file(tmp_path / "data.bin", 9 * CHUNK + 5)
+    db = tmp_path / "client.db"
+    code, _, stderr = upload(source, server.url, db, "--parallel", "3")
+    assert code == 0, stderr
+    seen = requests(server)
+    assert seen.count(("POST", 201)) == 4  # three partial uploads and the final one
+    assert ("PATCH", 409) in seen and ("PATCH", 503) in seen
+    assert patch_checksums(server) == {"sha256"}
+    hostile_upload_is_identical(server, tmp_path, db, source)
