@@ -114,7 +114,10 @@ class ResumeApp:
         root = config.root
         if root.exists() and not root.is_dir():
             raise UsageError(f"--root {root} is not a directory")
-        # Built first: a bad certificate path fails before anything is created or locked.
+        # Built first: a bad certificate or key fails before anything is created or locked.
+        self.auth = Authenticator.from_files(
+            token=config.token, jwt_secret=config.jwt_secret, jwt_public_key=config.jwt_public_key
+        )
         self.ssl_context = (
             tls.server_context(config.certfile, config.keyfile, client_ca=config.client_ca)
             if config.certfile is not None
@@ -140,9 +143,6 @@ class ResumeApp:
                 self.lock.release()
             raise
         self.config = config
-        self.auth = Authenticator.from_files(
-            token=config.token, jwt_secret=config.jwt_secret, jwt_public_key=config.jwt_public_key
-        )
         self.routes: dict[str, Endpoint] = {}
         self.exact: dict[str, Endpoint] = {}
         self.active = 0  # connections being served

@@ -137,6 +137,7 @@ def as_json(summary: TransferSummary) -> dict[str, object]:
         "path": t.source_path,
         "name": t.name,
         "url": t.url,
+        "upload_url": t.upload_url,
         "size": t.size,
         "offset": t.offset,
         "checksum": t.checksum,
@@ -168,10 +169,14 @@ def as_table(summaries: list[TransferSummary]) -> Table:
     ):
         table.add_column(column, no_wrap=True)
     table.add_column("error")
+    tus = any(s.transfer.upload_url for s in summaries)
+    if tus:  # tus transfers: where the upload lives on the server
+        table.add_column("upload URL", no_wrap=True)
     now = utcnow()
     for summary in summaries:
         t, c = summary.transfer, summary.chunks
         percent = 100.0 if t.size == 0 else 100.0 * t.offset / t.size
+        extra = [t.upload_url or ""] if tus else []
         table.add_row(
             t.file_id[:8],
             t.name,
@@ -181,5 +186,6 @@ def as_table(summaries: list[TransferSummary]) -> Table:
             (t.checksum or "-")[:12],
             relative_time(t.timestamp, now),
             t.last_error or "",
+            *extra,
         )
     return table

@@ -83,6 +83,9 @@ class Transfer(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)  # last change
     last_error: Mapped[str | None] = mapped_column(Text)
+    # tus transfers: the URL of the file's upload on the server (null until created, and for
+    # WebSocket transfers); a --parallel upload's partial uploads are in ``tus_parts``.
+    upload_url: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index(None, "source_path", "url", "name"),)
 
@@ -100,6 +103,21 @@ class Chunk(Base):
     length: Mapped[int] = mapped_column(Integer)
     checksum: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))  # a resume.protocol.ledger.ChunkState
+    timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class TusPart(Base):
+    """One partial upload (tus concatenation) of a transfer sent with ``--parallel``."""
+
+    __tablename__ = "tus_parts"
+
+    file_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("transfers.file_id", ondelete="CASCADE"), primary_key=True
+    )
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_chunk: Mapped[int] = mapped_column(Integer)  # chunks [first_chunk, end_chunk)
+    end_chunk: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str | None] = mapped_column(Text)  # null until the server created it
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
 
 

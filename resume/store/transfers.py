@@ -32,6 +32,7 @@ class TransferRecord:
     created_at: dt.datetime
     timestamp: dt.datetime
     last_error: str | None
+    upload_url: str | None = None  # tus transfers: where the file's upload lives
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,8 @@ class TransferRepository:
         PREPARED rows are written before the chunk is sent; COMMITTED after the peer's ack;
         PENDING deletes the row (a pending chunk has none).
         """
-        changes = list(changes)
+        # Only the last change of a chunk counts: adopting a chunk is prepare then commit.
+        changes = list({c.index: c for c in changes}.values())
         if not changes:
             return
         now = utcnow()

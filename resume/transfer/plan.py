@@ -25,7 +25,9 @@ def upload_url(url: str) -> tuple[str, str]:
     """``(base, endpoint)`` for a server URL such as ``ws://127.0.0.1:8765``."""
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise UsageError(f"not a server URL: {url!r} (expected ws://HOST:PORT)")
+        raise UsageError(
+            f"not a server URL: {url!r} (expected ws://HOST:PORT, or http(s)://HOST/files/ for tus)"
+        )
     path = parts.path.rstrip("/")
     if path.endswith(UPLOAD_PATH):
         path = path[: -len(UPLOAD_PATH)]

@@ -1,0 +1,205 @@
+"""HTTP requests with httpx, and the retry loop of HTTP clients.
+
+This module is the single boundary where httpx exceptions become :mod:`resume.errors`
+(:func:`translate`); what a status code means is the caller's protocol's business. The retry
+loop uses the same :class:`~resume.net.backoff.Backoff`, :func:`~resume.errors.classify` and
+:class:`~resume.net.connector.ConnectionEvent` as the WebSocket reconnect loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+import httpx
+
+from resume import __version__
+from resume.errors import (
+    AckTimeout,
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeout,
+    ProtocolError,
+    Rejected,
+    ResumeError,
+    Timeout,
+    UsageError,
+    Verdict,
+    classify,
+)
+from resume.net.backoff import Backoff
+from resume.net.connector import ConnectionEvent
+
+T = TypeVar("T")
+log = logging.getLogger("resume.http")
+
+
+def translate(exc: BaseException) -> ResumeError | None:
+    """Map an httpx exception to the error tree; None if it is not one we know (a bug)."""
+    if isinstance(exc, ResumeError):
+        return exc
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ConnectTimeout(f"timed out connecting: {exc}" if str(exc) else "timed out")
+    if isinstance(exc, httpx.ReadTimeout):
+        return AckTimeout("the server sent no response in time")
+    if isinstance(exc, httpx.TimeoutException):  # write or pool timeout
+        return Timeout(f"timed out: {exc}" if str(exc) else "timed out")
+    if isinstance(exc, httpx.ConnectError):
+        certificate = _cause(exc, ssl.SSLCertVerificationError)
+        if certificate is not None:
+            reason = getattr(certificate, "verify_message", None) or certificate
+            return Rejected(f"TLS certificate verification failed: {reason}")
+        return ConnectError(f"cannot connect: {exc}" if str(exc) else "cannot connect")
+    if isinstance(exc, httpx.ProxyError):
+        return ConnectError(f"proxy failed: {exc}")
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return ConnectionLost(f"connection lost: {exc}" if str(exc) else "connection lost")
+    if isinstance(exc, httpx.CloseError):
+        return ConnectionLost(f"connection closed badly: {exc}")
+    if isinstance(exc, httpx.LocalProtocolError):
+        return ProtocolError(f"invalid HTTP request: {exc}")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return UsageError(f"not a usable HTTP URL: {exc}")
+    return None
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class HttpClient:
+    """An httpx client whose failures are :mod:`resume.errors` exceptions.
+
+    Statuses are returned, not raised: a 409 or a 404 means different things to different
+    protocols. Use as ``async with HttpClient(...) as http``.
+    """
+
+    def __init__(
+        self,
+        *,
+        headers: Mapping[str, str] | None = None,
+        connect_timeout: float = 10.0,
+        response_timeout: float = 60.0,
+        connections: int = 4,
+        verify: bool | ssl.SSLContext = True,
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            headers={"User-Agent": f"resume/{__version__}", **(headers or {})},
+            timeout=httpx.Timeout(
+                connect=connect_timeout,
+                read=response_timeout,
+                write=response_timeout,
+                pool=response_timeout,
+            ),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            follow_redirects=False,
+            trust_env=False,  # no proxy from the environment on an upload's path
+            verify=verify,
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """Send one request and read the whole response."""
+        try:
+            return await self._client.request(method, url, headers=headers, content=content)
+        except httpx.HTTPError as exc:
+            error = translate(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class RetryLoop:
+    """Run a step until it succeeds; back off and run it again after a retryable error.
+
+    ``run(step)`` awaits ``step()``; a :class:`ResumeError` that :func:`classify` calls
+    retryable is followed by a full-jitter delay and another call, a fatal one is raised. The
+    attempt counter resets when the step calls :meth:`progressed` (a request moved data), so a
+    server that answers every request with 503 keeps the delays growing.
+
+    ``sleep``, ``rng`` and ``clock`` are injectable so tests never really wait.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        backoff: Backoff | None = None,
+        max_attempts: int | None = None,
+        give_up_after: float | None = None,
+        on_event: Callable[[ConnectionEvent], None] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.backoff = backoff or Backoff()
+        self.max_attempts = max_attempts
+        self.give_up_after = give_up_after
+        self.on_event = on_event
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.clock = clock
+        self.attempt = 0  # consecutive failures since the last progress
+        self.failures = 0  # all failures of this loop
+        self._failing_since: float | None = None
+
+    async def run(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Await ``step()`` until it returns; raise its fatal error or the last retryable one."""
+        while True:
+            try:
+                return await step()
+            except ResumeError as error:
+                await self._after_failure(error)
+
+    def progressed(self) -> None:
+        """The step made real progress: start the delays over."""
+        self.attempt = 0
+        self._failing_since = None
+
+    async def _after_failure(self, error: ResumeError) -> None:
+        self.failures += 1
+        now = self.clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        out_of_attempts = self.max_attempts is not None and self.attempt + 1 >= self.max_attempts
+        out_of_time = (
+            self.give_up_after is not None and now - self._failing_since >= self.give_up_after
+        )
+        if classify(error) is Verdict.FATAL or out_of_attempts or out_of_time:
+            self._emit(ConnectionEvent("gave_up", self.attempt, self.url, error))
+            raise error
+        delay = self.backoff.delay(self.attempt, self.rng)
+        self._emit(ConnectionEvent("retrying", self.attempt, self.url, error, delay))
+        log.info("%s: %s; retrying in %.2fs (attempt %d)", self.url, error, delay, self.attempt + 1)
+        self.attempt += 1
+        await self.sleep(delay)
+
+    def _emit(self, event: ConnectionEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)

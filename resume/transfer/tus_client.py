@@ -1,0 +1,820 @@
+"""``resume upload PATH... http(s)://HOST/files/``: upload to any tus 1.0 server.
+
+The same chunk ledger as WebSocket uploads: each ``PATCH`` carries one chunk (or the rest of
+one, after a resume in its middle), recorded ``PREPARED`` before its bytes leave and
+``COMMITTED`` once a response's ``Upload-Offset`` covers it. The upload URL is stored with the
+transfer as soon as the server creates it, so the same command after a crash (even SIGKILL)
+asks the server for its offset (``HEAD``), reconciles the ledger with it, and continues there.
+
+What the server advertises (``OPTIONS``) decides the rest: ``Upload-Checksum`` on every PATCH
+when it offers checksums; ``--parallel N`` partial uploads joined by a final concatenation when
+it offers concatenation; a small file's bytes in the creating ``POST`` when it offers
+creation-with-upload.
+
+Responses take one branch each (see :func:`resume.protocol.tus.outcome`): 409 asks for the
+offset and continues; 423, 429, 5xx and connection errors retry with the shared backoff; 460
+resends the chunk (bounded); 404/410 of a stored upload starts a new one; anything else, such
+as 401, 403 or 413, is fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mimetypes
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+from resume.errors import (
+    ChecksumMismatch,
+    Interrupted,
+    ProtocolError,
+    Rejected,
+    ResumeError,
+    ServerBusy,
+    SourceChanged,
+    UsageError,
+    Verdict,
+    classify,
+)
+from resume.net.http import HttpClient, RetryLoop
+from resume.protocol import tus
+from resume.protocol.ledger import ChunkRecord, ChunkSpec, ChunkState, Ledger
+from resume.protocol.upload import new_file_id
+from resume.store import Store
+from resume.store.models import TransferState
+from resume.store.transfers import TransferRecord
+from resume.store.tus import PartRecord, TusPartRepository
+from resume.transfer.plan import FileJob
+from resume.transfer.source import FILE_ALGO, ChunkSource, Fingerprint, chunk_checksum
+from resume.transfer.upload import (
+    RESTART_HINT,
+    FileResult,
+    UploadOptions,
+    UploadProgress,
+    _QuietProgress,
+)
+
+log = logging.getLogger("resume.tus")
+
+
+@dataclass(frozen=True, slots=True)
+class TusOptions:
+    """What only tus uploads need, on top of :class:`UploadOptions`."""
+
+    parallel: int = 1  # partial uploads per file, when the server offers concatenation
+    small_file: int | None = None  # creation-with-upload up to this size (default: one chunk)
+    max_resyncs: int = 5  # 409s / answers that move nothing, in a row, before giving up
+    max_new_uploads: int = 2  # times one run may start a file over after a 404/410
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.parallel <= 64:
+            raise UsageError(f"--parallel must be between 1 and 64, got {self.parallel}")
+
+
+def creation_url(url: str) -> str:
+    """The creation endpoint as given (without a fragment); raises for anything else."""
+    parts = urlsplit(url)
+    if not tus.is_tus_url(url) or not parts.hostname:
+        raise UsageError(f"not a tus server URL: {url!r} (expected http(s)://HOST/files/)")
+    return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path or "/", parts.query, ""))
+
+
+# Signals inside this module; each also fits the error tree should it ever escape.
+class _Gone(Rejected):
+    """The server no longer has an upload we stored (404/410): start a new one."""
+
+
+class _Conflict(ProtocolError):
+    """409: our offset is not the server's. Ask it (HEAD) and continue from there."""
+
+
+class _ChecksumFailed(ChecksumMismatch):
+    """460: the server discarded a PATCH body that failed its Upload-Checksum."""
+
+
+@dataclass(slots=True)
+class _Part:
+    """One upload on the server: the whole file, or a partial upload of ``--parallel``."""
+
+    index: int
+    first_chunk: int
+    end_chunk: int
+    start: int  # bytes of the file: [start, end)
+    end: int
+    url: str | None
+    offset: int = 0  # what the server holds of this part, from its last answer
+    idle: int = 0  # answers in a row that moved nothing
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(eq=False)
+class _FileState:
+    job: FileJob
+    record: TransferRecord
+    ledger: Ledger
+    fingerprint: Fingerprint
+    result: FileResult
+    done: bool = False
+    started: bool = False
+    nacks: dict[int, int] = field(default_factory=dict)
+    parts: list[_Part] = field(default_factory=list)
+    concatenated: bool = False  # parts of a parallel upload (False: one upload)
+
+
+class TusUploader:
+    """Uploads files to one tus server's creation endpoint, resuming what earlier runs left."""
+
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        options: UploadOptions | None = None,
+        tus_options: TusOptions | None = None,
+        *,
+        progress: UploadProgress | None = None,
+    ) -> None:
+        self.store = store
+        self.repo = store.transfers
+        self.parts_repo = TusPartRepository(store.engine)
+        self.url = creation_url(url)
+        self.options = options or UploadOptions()
+        self.tus = tus_options or TusOptions()
+        self.progress = progress or _QuietProgress()
+        self.capabilities = tus.Capabilities()
+        self._stopping = asyncio.Event()
+        self._files: list[_FileState] = []
+        self._terminate: list[str] = []  # uploads of transfers dropped by --restart
+        self._http: HttpClient | None = None
+        self._retry: RetryLoop | None = None
+        self._resyncs = 0
+        self._warned_no_concat = False
+
+    def stop(self) -> None:
+        """Ask the run to stop after the PATCH requests in flight, then raise Interrupted."""
+        self._stopping.set()
+
+    async def run(self, jobs: Sequence[FileJob]) -> list[FileResult]:
+        """Upload every job; returns one result per job, in order.
+
+        Raises a :class:`resume.errors.FatalError` at the first fatal problem, the last
+        retryable error when the retry limits are exhausted, or :class:`Interrupted`.
+        """
+        self._files = [self._plan(job) for job in jobs]
+        todo = [f for f in self._files if not f.done]
+        if not todo and not self._terminate:
+            return [f.result for f in self._files]
+        for state in todo:
+            self.repo.update(state.record.file_id, state=TransferState.ACTIVE, last_error=None)
+        self._retry = RetryLoop(
+            self.url,
+            backoff=self.options.backoff,
+            max_attempts=self.options.max_attempts,
+            give_up_after=self.options.give_up_after,
+            on_event=self.progress.connection,
+        )
+        try:
+            async with HttpClient(
+                headers=tus.base_headers(self.options.connect.token),
+                connect_timeout=self.options.connect.open_timeout,
+                response_timeout=self.options.ack_timeout,
+                connections=self.tus.parallel + 1,
+            ) as self._http:
+                self.capabilities = await self._retry.run(self._discover)
+                await self._terminate_dropped()
+                for state in todo:
+                    await self._retry.run(lambda state=state: self._send_file(state))
+        except BaseException as exc:
+            self._record_failure(exc)
+            raise
+        finally:
+            self._http = None
+        return [f.result for f in self._files]
+
+    # -- planning --------------------------------------------------------------------------------
+
+    def _plan(self, job: FileJob) -> _FileState:
+        """Find the transfer to resume for ``job``, or start a new one (as the WebSocket path)."""
+        fingerprint = Fingerprint.of(job.path)
+        record = self.repo.latest_for(str(job.path), self.url, job.name)
+        if (
+            record is not None
+            and self.options.restart
+            and record.state not in (TransferState.COMPLETED, TransferState.CANCELLED)
+        ):
+            self.repo.update(record.file_id, state=TransferState.CANCELLED, last_error="restarted")
+            self._terminate.extend(upload_urls(self.store, record))
+            record = None
+        if record is not None and record.state is TransferState.COMPLETED:
+            if _fingerprint(record) == fingerprint and not self.options.restart:
+                result = FileResult(job, record.file_id, record.size, "skipped", None, record.size)
+                ledger = self.repo.load_ledger(record)
+                return _FileState(job, record, ledger, fingerprint, result, done=True)
+            record = None  # a new version of a file sent before: a new transfer
+        if record is not None and record.state is TransferState.CANCELLED:
+            record = None
+        if record is not None and _fingerprint(record) != fingerprint:
+            raise SourceChanged(
+                f"{job.path} changed since its transfer {record.file_id[:8]} began "
+                f"({_fingerprint(record).differences(fingerprint)}); {RESTART_HINT}"
+            )
+        if record is None:
+            record = self.repo.create(
+                file_id=new_file_id(),
+                source_path=str(job.path),
+                name=job.name,
+                url=self.url,
+                size=fingerprint.size,
+                mtime_ns=fingerprint.mtime_ns,
+                inode=fingerprint.inode,
+                chunk_size=self.options.chunk_size,
+                checksum_algo=FILE_ALGO,
+            )
+        result = FileResult(job, record.file_id, record.size, "pending")
+        return _FileState(job, record, self.repo.load_ledger(record), fingerprint, result)
+
+    def _record_failure(self, exc: BaseException) -> None:
+        """Leave every unfinished file resumable, or failed with the reason if it is fatal."""
+        resumable = not isinstance(exc, ResumeError) or isinstance(exc, Interrupted)
+        resumable = resumable or classify(exc) is Verdict.RETRY
+        reason = str(exc) or type(exc).__name__
+        for state in self._files:
+            if not state.done:
+                with contextlib.suppress(ResumeError):
+                    self.repo.update(
+                        state.record.file_id,
+                        state=TransferState.PENDING if resumable else TransferState.FAILED,
+                        last_error=reason[:500],
+                    )
+
+    # -- the server ------------------------------------------------------------------------------
+
+    async def _discover(self) -> tus.Capabilities:
+        """OPTIONS on the creation endpoint: the tus version and extensions on offer."""
+        response = await self._request("OPTIONS", self.url)
+        if not response.is_success:
+            raise self._error(response, f"OPTIONS {self.url}", creating=True)
+        try:
+            capabilities = tus.Capabilities.from_headers(response.headers)
+        except tus.TusProtocolError as exc:
+            raise ProtocolError(f"{self.url}: {exc}") from exc
+        if not capabilities.speaks_1_0:
+            offered = ", ".join(capabilities.versions) or "no Tus-Version"
+            raise Rejected(f"{self.url} is not a tus 1.0.0 server (it answered {offered})")
+        if not capabilities.offers("creation"):
+            raise Rejected(f"{self.url} does not offer the tus creation extension")
+        log.info(
+            "%s: tus extensions %s, checksums %s",
+            self.url,
+            ",".join(sorted(capabilities.extensions)) or "-",
+            ",".join(capabilities.checksum_algorithms) or "-",
+        )
+        return capabilities
+
+    async def _terminate_dropped(self) -> None:
+        """--restart: ask the server to delete the uploads of the transfers it dropped (best
+        effort: the server expires them anyway)."""
+        while self._terminate:
+            url = self._terminate.pop(0)
+            if not self.capabilities.offers("termination"):
+                continue
+            try:
+                await terminate(self._http_client, url)
+            except ResumeError as exc:  # an abandoned upload only costs the server space
+                log.warning("could not delete the dropped upload %s: %s", url, exc)
+
+    @property
+    def _http_client(self) -> HttpClient:
+        assert self._http is not None, "only while run() is running"
+        return self._http
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> httpx.Response:
+        return await self._http_client.request(method, url, headers=headers, content=body)
+
+    def _error(self, response: httpx.Response, what: str, *, creating: bool = False) -> ResumeError:
+        """The error a refused request stands for (the branch it takes is its class)."""
+        status = response.status_code
+        detail = _detail(response)
+        branch = tus.outcome(status)
+        if branch is tus.Outcome.RETRY:
+            return ServerBusy(f"{what}: server unavailable: HTTP {status}{detail}", status=status)
+        if branch is tus.Outcome.GONE and not creating:
+            return _Gone(f"the server no longer has {what} (HTTP {status})", status=status)
+        if branch is tus.Outcome.RESYNC:
+            return _Conflict(f"{what}: the server holds a different offset (HTTP 409)")
+        if branch is tus.Outcome.RESEND:
+            return _ChecksumFailed(f"{what}: the server's checksum of the body differs (HTTP 460)")
+        if status in (401, 403):
+            hint = "" if self.options.connect.token else "; give a token with --token"
+            return Rejected(f"{what}: not allowed: HTTP {status}{detail}{hint}", status=status)
+        if status == 413:
+            return Rejected(
+                f"{what}: the server refuses a file this large (HTTP 413){detail}", status=status
+            )
+        if status == 412:
+            return Rejected(
+                f"{what}: the server does not accept tus 1.0.0 (HTTP 412)", status=status
+            )
+        if branch is tus.Outcome.GONE:
+            return Rejected(f"{what}: no tus endpoint there (HTTP {status})", status=status)
+        return Rejected(f"{what}: refused: HTTP {status}{detail}", status=status)
+
+    async def _create(
+        self, length: int, metadata: dict[str, str] | None, *, partial: bool, body: bytes | None
+    ) -> tuple[str, int | None]:
+        """POST a new upload; its absolute URL and, with a body, the offset the server took."""
+        headers = tus.creation_headers(
+            length, metadata, partial=partial, with_body=body is not None
+        )
+        response = await self._request("POST", self.url, headers, body)
+        if not response.is_success:
+            raise self._error(response, f"creating an upload at {self.url}", creating=True)
+        location = response.headers.get("location")
+        if not location:
+            raise ProtocolError(f"{self.url} created an upload without a Location header")
+        offset = None
+        if body is not None and "upload-offset" in response.headers:
+            offset = _offset(response, self.url)
+        return urljoin(self.url, location), offset
+
+    async def _head(self, part: _Part) -> int:
+        """Ask the server how much of ``part`` it holds."""
+        assert part.url is not None
+        response = await self._request("HEAD", part.url)
+        if not response.is_success:
+            raise self._error(response, f"the upload {part.url}")
+        offset = _offset(response, part.url)
+        try:
+            length = tus.upload_length(response.headers)
+        except tus.TusProtocolError as exc:
+            raise ProtocolError(f"{part.url}: {exc}") from exc
+        if length is not None and length != part.length:
+            raise _Gone(f"the upload {part.url} is {length} bytes, not {part.length}")
+        if offset > part.length:
+            raise ProtocolError(
+                f"{part.url}: Upload-Offset {offset} beyond its {part.length} bytes"
+            )
+        return offset
+
+    # -- one file --------------------------------------------------------------------------------
+
+    async def _send_file(self, state: _FileState) -> None:
+        """Send one file to the end; a 404/410 of its upload starts a new one (bounded)."""
+        if state.done:
+            return
+        if self._stopping.is_set():  # e.g. Ctrl-C while the retry loop was waiting
+            raise Interrupted("interrupted; resume with the same command")
+        max_size = self.capabilities.max_size
+        if max_size is not None and state.record.size > max_size:
+            raise Rejected(
+                f"{state.job.name}: {state.record.size} bytes is more than the server accepts "
+                f"(Tus-Max-Size {max_size})"
+            )
+        new_uploads = 0
+        while True:
+            try:
+                await self._send_file_once(state)
+                return
+            except _Gone as gone:
+                new_uploads += 1
+                if new_uploads > self.tus.max_new_uploads:
+                    raise Rejected(f"{state.job.name}: {gone}, again; giving up") from gone
+                log.warning("%s: %s; starting a new upload", state.job.name, gone)
+                self._start_over(state)
+            except _Conflict as conflict:
+                self._resyncs += 1
+                if self._resyncs > self.tus.max_resyncs:
+                    raise ProtocolError(
+                        f"{state.job.name}: the server answered 409 {self._resyncs} times in a "
+                        "row; its offsets cannot be trusted"
+                    ) from conflict
+                log.info("%s: %s; asking for its offset", state.job.name, conflict)
+
+    def _start_over(self, state: _FileState) -> None:
+        """Forget the server side of a transfer: its URLs, and every chunk it acknowledged."""
+        file_id = state.record.file_id
+        self.repo.reset_chunks(file_id)
+        self.repo.update(file_id, upload_url=None)
+        self.parts_repo.replace(file_id, [])
+        state.record = self.repo.get(file_id) or state.record
+        state.ledger = Ledger(state.ledger.size, state.ledger.chunk_size)
+        state.parts = []
+
+    async def _send_file_once(self, state: _FileState) -> None:
+        record = state.record
+        if not state.parts:
+            state.parts, state.concatenated = self._layout(state)
+        if state.concatenated and record.upload_url is not None:
+            await self._check_final(state)
+            self._complete(state)
+            return
+        held_before = await self._sync(state)
+        if not state.started:
+            state.started = True
+            state.result.resumed_from = held_before
+        self.progress.file_started(state.job, record.size, state.ledger.committed_bytes)
+        if len(state.parts) == 1:
+            await self._send_part(state, state.parts[0])
+        else:
+            await _gather(self._send_part(state, part) for part in state.parts)
+        if self._stopping.is_set() and not all(p.offset == p.length for p in state.parts):
+            raise Interrupted("interrupted; resume with the same command")
+        if state.concatenated:
+            await self._concatenate(state)
+        self._complete(state)
+
+    def _layout(self, state: _FileState) -> tuple[list[_Part], bool]:
+        """The uploads a file goes in: stored ones when resuming, else one or ``--parallel``."""
+        record, ledger = state.record, state.ledger
+        stored = self.parts_repo.parts(record.file_id)
+        if stored:
+            return [
+                self._part(p.part, p.first_chunk, p.end_chunk, p.url, ledger) for p in stored
+            ], True
+        count = ledger.chunk_count
+        wanted = min(self.tus.parallel, count)
+        if (
+            wanted > 1
+            and record.upload_url is None
+            and not self.capabilities.offers("concatenation")
+        ):
+            if not self._warned_no_concat:
+                log.warning(
+                    "%s does not offer tus concatenation: sending one upload per file", self.url
+                )
+                self._warned_no_concat = True
+            wanted = 1
+        if wanted <= 1 or record.upload_url is not None:
+            return [self._part(0, 0, count, record.upload_url, ledger)], False
+        per = -(-count // wanted)
+        parts = [
+            self._part(i, first, min(first + per, count), None, ledger)
+            for i, first in enumerate(range(0, count, per))
+        ]
+        self.parts_repo.replace(
+            record.file_id,
+            [PartRecord(p.index, p.first_chunk, p.end_chunk, None) for p in parts],
+        )
+        return parts, True
+
+    @staticmethod
+    def _part(index: int, first: int, end: int, url: str | None, ledger: Ledger) -> _Part:
+        start = first * ledger.chunk_size
+        stop = ledger.size if end >= ledger.chunk_count else end * ledger.chunk_size
+        return _Part(index, first, end, start, stop, url)
+
+    async def _sync(self, state: _FileState) -> int:
+        """Create the uploads that do not exist yet, ask the others for their offsets, and
+        reconcile the ledger with what the server holds. Returns the bytes the existing
+        uploads held (what this run resumes from)."""
+        held_before = 0
+        for part in state.parts:
+            if part.url is not None:
+                part.offset = await self._head(part)
+                held_before += part.offset
+            elif state.concatenated:
+                part.url, _ = await self._create(part.length, None, partial=True, body=None)
+                self.parts_repo.set_url(state.record.file_id, part.index, part.url)
+                part.offset = 0
+            else:
+                await self._create_single(state, part)
+        await self._reconcile(state)
+        return held_before
+
+    async def _create_single(self, state: _FileState, part: _Part) -> None:
+        """Create the file's one upload; a small file travels in the creating POST itself."""
+        record = state.record
+        small = self.tus.small_file if self.tus.small_file is not None else record.chunk_size
+        body = None
+        if 0 < record.size <= small and self.capabilities.offers("creation-with-upload"):
+            async with ChunkSource(state.job.path) as source:
+                buffer = await self._load(state, source, 0)
+            state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
+            body = bytes(buffer)
+        url, offset = await self._create(
+            record.size, _metadata(state.job), partial=False, body=body
+        )
+        self.repo.update(record.file_id, upload_url=url)
+        state.record = self.repo.get(record.file_id) or record
+        part.url = url
+        if body is not None:
+            state.result.bytes_sent += len(body)
+            part.offset = await self._head(part) if offset is None else offset
+        else:
+            part.offset = 0
+
+    async def _reconcile(self, state: _FileState) -> None:
+        """Join the ledger with the offsets the server gave: chunks below them are held."""
+        held, unknown = self._held(state)
+        if unknown:
+            await self._checksum_locally(state, held, unknown)
+        result = state.ledger.reconcile(held)
+        if result.missing:
+            log.warning(
+                "%s: the server holds less than it acknowledged before (%d bytes); "
+                "sending the rest again",
+                state.job.name,
+                sum(p.offset for p in state.parts),
+            )
+            self.repo.reset_chunks(state.record.file_id)
+            state.ledger = Ledger(state.ledger.size, state.ledger.chunk_size)
+            held, unknown = self._held(state)
+            await self._checksum_locally(state, held, unknown)
+            result = state.ledger.reconcile(held)
+        ledger = state.ledger
+        changes: list[ChunkRecord] = list(result.changes)
+        for index in result.unknown:
+            changes.append(ledger.prepare(index, held[index]))
+            changes.append(ledger.commit(index, held[index]))
+        self.repo.save_chunks(state.record.file_id, ledger, changes)
+
+    def _held(self, state: _FileState) -> tuple[dict[int, str], list[int]]:
+        """Chunks the server's offsets cover: with our checksum, or unknown to our ledger."""
+        ledger = state.ledger
+        held: dict[int, str] = {}
+        unknown: list[int] = []
+        for part in state.parts:
+            covered = tus.covered_chunks(part.offset, part.length, ledger.chunk_size)
+            for index in range(part.first_chunk, part.first_chunk + covered):
+                checksum = ledger.checksum(index)
+                if checksum is None:
+                    unknown.append(index)
+                else:
+                    held[index] = checksum
+        return held, unknown
+
+    async def _checksum_locally(
+        self, state: _FileState, held: dict[int, str], indexes: list[int]
+    ) -> None:
+        """The server holds chunks we have no record of (lost with a crash): tus gives no
+        checksums, so its offset is trusted and the local bytes give the ledger's checksum."""
+        async with ChunkSource(state.job.path) as source:
+            for index in indexes:
+                held[index] = chunk_checksum(await source.read(state.ledger.spec(index)))
+
+    async def _load(self, state: _FileState, source: ChunkSource, index: int) -> bytearray:
+        """Read chunk ``index`` and make it PREPARED, durably (phase one), before it is sent.
+
+        Runs while the previous PATCH is in flight; the database write goes to a thread so
+        the event loop keeps feeding the socket.
+        """
+        ledger = state.ledger
+        buffer = await source.read(ledger.spec(index))
+        checksum = chunk_checksum(buffer)
+        current = ledger.state(index)
+        if current is ChunkState.PENDING:
+            prepared = [ledger.prepare(index, checksum)]
+            await asyncio.to_thread(
+                self.repo.prepare_chunks, state.record.file_id, ledger, prepared
+            )
+        elif ledger.checksum(index) != checksum:
+            raise SourceChanged(
+                f"{state.job.path}: chunk {index} changed since it was first sent; {RESTART_HINT}"
+            )
+        return buffer
+
+    async def _send_part(self, state: _FileState, part: _Part) -> None:
+        """PATCH the rest of ``part``, one chunk (or the rest of one) per request; the next
+        chunk is read and prepared while the current one is on its way."""
+        assert part.url is not None
+        ledger = state.ledger
+        ahead: tuple[int, asyncio.Task[bytearray]] | None = None
+        async with ChunkSource(state.job.path) as source:
+            try:
+                while part.offset < part.length and not self._stopping.is_set():
+                    position = part.start + part.offset
+                    index = position // ledger.chunk_size
+                    if ahead is not None and ahead[0] == index:
+                        buffer = await ahead[1]
+                    else:
+                        if ahead is not None:  # not the chunk we need: let it finish first
+                            await ahead[1]
+                        buffer = await self._load(state, source, index)
+                    ahead = None
+                    spec = ledger.spec(index)
+                    following = index + 1
+                    if following < part.end_chunk:
+                        ahead = (
+                            following,
+                            asyncio.create_task(self._load(state, source, following)),
+                        )
+                    await self._patch(state, part, spec, buffer)
+            finally:
+                if ahead is not None:
+                    await self._unprepare(state, *ahead)
+
+    async def _unprepare(
+        self, state: _FileState, index: int, task: asyncio.Task[bytearray]
+    ) -> None:
+        """A chunk read ahead was not sent: back to PENDING (or cancel its read)."""
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        ledger = state.ledger
+        with contextlib.suppress(ResumeError):
+            if ledger.state(index) is ChunkState.PREPARED and self._stopping.is_set():
+                self.repo.save_chunks(state.record.file_id, ledger, [ledger.lose(index)])
+
+    async def _patch(
+        self, state: _FileState, part: _Part, spec: ChunkSpec, buffer: bytearray
+    ) -> None:
+        """One PATCH of the rest of a chunk; on success the part's offset moves on."""
+        assert part.url is not None
+        state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
+        algorithm = self.capabilities.checksum_algorithm()
+        position = part.start + part.offset
+        body = bytes(memoryview(buffer)[position - spec.offset :])
+        checksum = tus.checksum_header(algorithm, body) if algorithm else None
+        headers = tus.patch_headers(part.offset, checksum)
+        response = await self._request("PATCH", part.url, headers, body)
+        state.result.bytes_sent += len(body)
+        if response.status_code == tus.CHECKSUM_FAILED:
+            self._count_nack(state, spec.index)
+            return
+        if not response.is_success:
+            raise self._error(response, f"the upload {part.url}")
+        offset = _offset(response, part.url)
+        if not part.offset <= offset <= part.offset + len(body):
+            raise ProtocolError(
+                f"{part.url}: a PATCH of {len(body)} bytes at {part.offset} was answered "
+                f"with Upload-Offset {offset}"
+            )
+        if offset == part.offset:
+            part.idle += 1
+            if part.idle > self.tus.max_resyncs:
+                raise ProtocolError(f"{part.url}: the server takes no bytes")
+            return
+        part.idle = 0
+        part.offset = offset
+        if part.start + offset >= spec.offset + spec.length:
+            self._commit(state, spec.index)
+        self._resyncs = 0
+        assert self._retry is not None
+        self._retry.progressed()
+
+    def _count_nack(self, state: _FileState, index: int) -> None:
+        count = state.nacks[index] = state.nacks.get(index, 0) + 1
+        if count > self.options.max_nacks:
+            raise ChecksumMismatch(
+                f"{state.job.name}: chunk {index} failed its checksum on the server {count} "
+                "times; the link or the source is corrupting data"
+            )
+        log.warning(
+            "%s: chunk %d failed its checksum on the server; sending it again",
+            state.job.name,
+            index,
+        )
+
+    def _commit(self, state: _FileState, index: int) -> None:
+        """Phase two: the server's offset covers the chunk."""
+        ledger = state.ledger
+        checksum = ledger.checksum(index)
+        assert checksum is not None
+        self.repo.commit_chunks(state.record.file_id, ledger, [ledger.commit(index, checksum)])
+        self.progress.committed(state.job, ledger.spec(index).length)
+
+    async def _concatenate(self, state: _FileState) -> None:
+        """Join the finished partial uploads into the file (tus concatenation, ``final``)."""
+        urls = [p.url for p in state.parts if p.url]
+        response = await self._request(
+            "POST", self.url, tus.final_headers(urls, _metadata(state.job))
+        )
+        if not response.is_success:
+            raise self._error(response, f"joining the parts of {state.job.name}")
+        location = response.headers.get("location")
+        if not location:
+            raise ProtocolError(f"{self.url} joined an upload without a Location header")
+        url = urljoin(self.url, location)
+        self.repo.update(state.record.file_id, upload_url=url)
+        state.record = self.repo.get(state.record.file_id) or state.record
+        await self._check_final(state)
+
+    async def _check_final(self, state: _FileState) -> None:
+        """The joined upload exists and holds the whole file."""
+        assert state.record.upload_url is not None
+        final = _Part(
+            -1, 0, state.ledger.chunk_count, 0, state.record.size, state.record.upload_url
+        )
+        offset = await self._head(final)
+        if offset != final.length:
+            raise ProtocolError(
+                f"{final.url}: the joined upload holds {offset} of {final.length} bytes"
+            )
+
+    def _complete(self, state: _FileState) -> None:
+        self.repo.update(
+            state.record.file_id,
+            state=TransferState.COMPLETED,
+            last_error=None,
+            offset=state.record.size,
+        )
+        state.done = True
+        state.result.state = "completed"
+        self.progress.file_done(state.result)
+
+
+async def _gather(coroutines: object) -> None:
+    """Run part uploads together; on a failure cancel the rest and raise the most telling."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in coroutines:  # type: ignore[attr-defined]
+                group.create_task(coroutine)
+    except BaseExceptionGroup as failures:
+        raise _most_telling(failures) from None
+
+
+def _most_telling(group: BaseExceptionGroup) -> BaseException:
+    """Bugs first, then the user's stop, fatal errors, start-over signals, retryable errors."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+
+    def rank(exc: BaseException) -> int:
+        if not isinstance(exc, ResumeError):
+            return 0
+        if isinstance(exc, Interrupted):
+            return 1
+        if isinstance(exc, _Gone | _Conflict):
+            return 3
+        return 2 if classify(exc) is Verdict.FATAL else 4
+
+    return min(leaves, key=rank)
+
+
+async def terminate(http: HttpClient, url: str) -> None:
+    """DELETE an upload (tus termination); one that is already gone counts as deleted."""
+    response = await http.request("DELETE", url)
+    if response.is_success or response.status_code in (404, 410):
+        return
+    if tus.outcome(response.status_code) is tus.Outcome.RETRY:
+        raise ServerBusy(
+            f"deleting {url}: HTTP {response.status_code}", status=response.status_code
+        )
+    raise Rejected(f"deleting {url}: refused: HTTP {response.status_code}{_detail(response)}")
+
+
+async def cancel_upload(record: TransferRecord, urls: Sequence[str], token: str | None) -> None:
+    """``resume cancel`` of a tus transfer: delete its uploads on the server."""
+    retry = RetryLoop(record.url, give_up_after=15.0)
+    async with HttpClient(headers=tus.base_headers(token)) as http:
+        for url in urls:
+            await retry.run(lambda url=url: terminate(http, url))
+
+
+def upload_urls(store: Store, record: TransferRecord) -> list[str]:
+    """Every upload URL of a tus transfer: its parts and the file's own."""
+    parts = [p.url for p in TusPartRepository(store.engine).parts(record.file_id) if p.url]
+    return parts + ([record.upload_url] if record.upload_url else [])
+
+
+def _metadata(job: FileJob) -> dict[str, str]:
+    """``Upload-Metadata`` of a file: its name and type, and where it goes in a directory."""
+    filename = job.name.rsplit("/", 1)[-1]
+    metadata = {
+        "filename": filename,
+        "filetype": mimetypes.guess_type(filename)[0] or "application/octet-stream",
+    }
+    if "/" in job.name:
+        metadata["relativePath"] = job.name
+    return metadata
+
+
+def _offset(response: httpx.Response, url: str) -> int:
+    try:
+        return tus.upload_offset(response.headers)
+    except tus.TusProtocolError as exc:
+        raise ProtocolError(f"{url}: {exc}") from exc
+
+
+def _detail(response: httpx.Response) -> str:
+    """The first line of an error body, short, for a one-line message."""
+    try:
+        text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+    except (UnicodeDecodeError, LookupError):
+        text = ""
+    return f": {text}" if text else ""
+
+
+def _fingerprint(record: TransferRecord) -> Fingerprint:
+    return Fingerprint(size=record.size, mtime_ns=record.mtime_ns, inode=record.inode)
