@@ -291,7 +291,14 @@ async def _print(client: StreamClient, count: int | None) -> None:
     async for message in client:
         sys.stdout.write(_line(message.data) + "\n")
         sys.stdout.flush()
-        await client.commit()  # printed: taken, even if we stop before asking for the next
+        # Printed: taken, even if we stop before asking for the next. A Ctrl-C arriving now
+        # waits for this commit, so the next run starts after the line it saw.
+        commit = asyncio.ensure_future(client.commit())
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            await commit
+            raise
         printed += 1
         if count is not None and printed >= count:
             return
