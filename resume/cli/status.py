@@ -106,7 +106,7 @@ def streams_table(producers: list[ProducerState], consumers: list[ConsumerState]
     """Producers and consumers in one table: who, which channel, how far, since when."""
     from rich.table import Table
 
-    from resume.store.models import utcnow
+    from resume.store.states import utcnow
 
     empty = not producers and not consumers
     table = Table(title="streams (none)" if empty else "streams", title_justify="left")
@@ -154,7 +154,7 @@ def as_table(summaries: list[TransferSummary]) -> Table:
     """The table people read."""
     from rich.table import Table
 
-    from resume.store.models import utcnow
+    from resume.store.states import utcnow
 
     table = Table(title="transfers" if summaries else "transfers (none)", title_justify="left")
     for column in (

@@ -240,7 +240,7 @@ def summary(
 def run_cancel(args: argparse.Namespace) -> int:
     from resume.net.connector import ConnectOptions
     from resume.store import open_store
-    from resume.store.models import TransferState
+    from resume.store.states import TransferState
     from resume.transfer.remote import cancel_on_server
 
     with open_store(args.db) as store:
@@ -268,7 +268,7 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     from resume.store import open_store
-    from resume.store.models import TransferState, utcnow
+    from resume.store.states import TransferState, utcnow
 
     try:
         age = parse_duration(args.older_than)

@@ -55,7 +55,7 @@ from resume.protocol.upload import (
     new_file_id,
 )
 from resume.store import Store
-from resume.store.models import TransferState
+from resume.store.states import TransferState
 from resume.store.transfers import TransferRecord
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 from resume.transfer.plan import FileJob, upload_url
