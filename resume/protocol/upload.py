@@ -48,6 +48,27 @@ class ErrorCode(enum.StrEnum):
     CHECKSUM_MISMATCH = "checksum_mismatch"  # the whole file does not hash to what was sent
     DISK_FULL = "disk_full"  # no space left on the server
     STORAGE = "storage"  # another I/O error on the server
+    EXISTS = "exists"  # the destination exists and overwrite was not asked
+    NAME_IN_USE = "name_in_use"  # another unfinished upload owns that name
+    FORBIDDEN = "forbidden"  # the bearer's token does not allow that name
+    LIMIT = "limit"  # a per-connection resource limit
+
+
+# Refusals of one file: the client fails that file and goes on with the others. Any other
+# code ends the run (disk_full, storage: the server cannot store anything).
+FILE_ERROR_CODES = frozenset(
+    {
+        ErrorCode.BAD_NAME,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.MISMATCH,
+        ErrorCode.INCOMPLETE,
+        ErrorCode.CHECKSUM_MISMATCH,
+        ErrorCode.EXISTS,
+        ErrorCode.NAME_IN_USE,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.LIMIT,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +162,23 @@ class Begin:
     name: str
     size: int
     chunk_size: int
+    overwrite: bool = False  # the destination may exist: replace it (atomically)
+    verify: bool = False  # for a completed file_id: re-hash the published file
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        message: dict[str, Any] = {
             "type": "begin",
             "file_id": self.file_id,
             "name": self.name,
             "size": self.size,
             "chunk_size": self.chunk_size,
         }
+        # Only when set: a server from before these fields sees the same begin as before.
+        if self.overwrite:
+            message["overwrite"] = True
+        if self.verify:
+            message["verify"] = True
+        return message
 
     @classmethod
     def parse(cls, message: dict[str, Any]) -> Begin:
@@ -159,11 +188,16 @@ class Begin:
             raise ProtocolError(
                 "size must be >= 0 and chunk_size > 0", close_code=CloseCode.PROTOCOL_ERROR
             )
+        flags = {}
+        for name in ("overwrite", "verify"):
+            if name in message:
+                flags[name] = field(message, name, bool)
         return cls(
             check_file_id(message.get("file_id")),
             field(message, "name", str),
             size,
             chunk_size,
+            **flags,
         )
 
 

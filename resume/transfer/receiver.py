@@ -21,6 +21,7 @@ import datetime as dt
 import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,18 @@ class Connection:
                 f"file {begin.file_id} was begun as {record.name!r} ({record.size} bytes, "
                 f"chunks of {record.chunk_size}), not as {begin.name!r}",
             )
+        # contract: see /work/coord/CONTRACT.md (interim, until the server machine rewrite)
+        if record is not None and record.state is ReceiveState.COMPLETED:
+            reply = await asyncio.to_thread(self.published_state, record, begin.verify)
+            await self.send({"type": "state", "file_id": begin.file_id, "held": [], **reply})
+            return
+        if (
+            record is None
+            and not begin.overwrite
+            and os.path.lexists(endpoint.final_path(begin.name))
+        ):
+            raise Refused(ErrorCode.EXISTS, f"{begin.name} exists on the server")
+        # end contract
         if record is not None and record.state is not ReceiveState.RECEIVING:
             await self.send(
                 {"type": "state", "file_id": begin.file_id, "state": record.state.value, "held": []}
@@ -315,6 +328,27 @@ class Connection:
                 "held": held_to_json(held),
             }
         )
+
+    def published_state(self, record: ReceivedRecord, verify: bool) -> dict[str, Any]:
+        """contract: see /work/coord/CONTRACT.md. Whether the file published under
+        ``record.name`` is still the one verified at publish: same size, not modified after
+        the publish (no size/mtime/inode are recorded yet), and with ``verify`` re-hashed."""
+        try:
+            final = self.endpoint.final_path(record.name)
+            st = os.stat(final)
+        except (OSError, Refused):
+            return {"state": "missing"}
+        published = record.timestamp.replace(tzinfo=dt.UTC).timestamp()
+        if not stat.S_ISREG(st.st_mode) or st.st_size != record.size or st.st_mtime > published:
+            return {"state": "missing"}
+        if verify:
+            hasher = xxhash.xxh3_128()
+            with open(final, "rb") as f:
+                while block := f.read(8 * 2**20):
+                    hasher.update(block)
+            if hasher.hexdigest() != record.checksum:
+                return {"state": "missing"}
+        return {"state": "completed", "verified": verify}
 
     async def on_finish(self, file_id: str, checksum: str) -> None:
         incoming = self.files.get(file_id)
