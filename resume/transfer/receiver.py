@@ -291,7 +291,7 @@ class Connection:
         if (
             record is None
             and not begin.overwrite
-            and os.path.lexists(endpoint.final_path(begin.name))
+            and await asyncio.to_thread(os.path.lexists, endpoint.final_path(begin.name))
         ):
             raise Refused(ErrorCode.EXISTS, f"{begin.name} exists on the server")
         # end contract
