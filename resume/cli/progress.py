@@ -132,7 +132,7 @@ class ProgressReporter:
         counts: dict[str, int] = {}
         for result in self.results:
             counts[result.state] = counts.get(result.state, 0) + 1
-        parts = [f"{counts.get('completed', 0)} sent"]
+        parts = [f"{counts.get('completed', 0)} sent and verified"]
         if counts.get("verified"):
             parts.append(f"{counts['verified']} already on the server")
         failed = counts.get("failed", 0) + len(self.skipped)
