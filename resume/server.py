@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -26,7 +25,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from resume.errors import UsageError
-from resume.protocol.frames import SUBPROTOCOL, CloseCode
+from resume.protocol.frames import CHANNEL_NAME, SUBPROTOCOL, CloseCode
 from resume.store import Store, open_store
 from resume.stream.endpoint import StreamEndpoint
 from resume.transfer.receiver import UploadEndpoint
@@ -34,7 +33,6 @@ from resume.transfer.receiver import UploadEndpoint
 log = logging.getLogger("resume.server")
 
 STATE_DIR = ".resume"  # under the root: the server's store and partial files
-CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True)

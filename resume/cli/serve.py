@@ -93,9 +93,22 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     if config.root.exists() and not config.root.is_dir():
         raise UsageError(f"--root {config.root} exists and is not a directory")
-    config.root.mkdir(parents=True, exist_ok=True)
+    _check_writable(config.root)
     asyncio.run(_serve(config))
     return 0
+
+
+def _check_writable(root: Path) -> None:
+    """The root and its ``.resume/`` must be writable: say so now, not as a port problem."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        state = root / ".resume"
+        state.mkdir(exist_ok=True)
+        probe = state / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--root {root} is not writable: {exc.strerror}") from exc
 
 
 async def _serve(config: ServerConfig) -> None:

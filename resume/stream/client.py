@@ -42,6 +42,7 @@ from resume.errors import (
     ProtocolError,
     ResumeError,
     UsageError,
+    WaitTimeout,
 )
 from resume.net.backoff import Backoff
 from resume.net.connector import (
@@ -52,6 +53,7 @@ from resume.net.connector import (
     UrlFactory,
 )
 from resume.protocol import frames
+from resume.protocol.frames import channel_problem
 from resume.protocol.session import ClientSession, Gap, Message, SessionState, Start
 from resume.store import Store
 
@@ -164,6 +166,15 @@ class StreamClient:
             )
         if start not in ("start", "end"):
             raise UsageError(f"start must be 'start' or 'end', got {start!r}")
+        if consumer is not None and store is None:
+            raise UsageError(
+                "a consumer name keeps its position in a store: pass store=open_store(...), or "
+                "omit consumer= to read without a stored position"
+            )
+        if isinstance(url, str):
+            problem = channel_problem(url)
+            if problem:
+                raise UsageError(f"not a channel URL: {url!r} ({problem})")
         self.url = url
         if key is None and not isinstance(url, str):
             raise UsageError("with a URL factory, give key= (the name of this stream's state)")
@@ -292,7 +303,14 @@ class StreamClient:
     async def ready(self, timeout: float | None = None) -> None:
         """Wait until the server has welcomed this client once; raises its fatal error."""
         self._usable_session()
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise WaitTimeout(
+                f"no welcome from the server at {self.key} within {timeout:g}s "
+                f"({self.stats.connects} connection(s) made, {self._reconnector.stats.failures} "
+                "failed)"
+            ) from None
         self._raise_if_failed()
 
     @property
@@ -343,17 +361,28 @@ class StreamClient:
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until the server confirmed every message sent so far."""
         session = self._usable_session()
-        async with self._space:
-            await asyncio.wait_for(
-                self._space.wait_for(lambda: session.unacked == 0 or self._error is not None),
-                timeout,
-            )
+        try:
+            async with self._space:
+                await asyncio.wait_for(
+                    self._space.wait_for(lambda: session.unacked == 0 or self._error is not None),
+                    timeout,
+                )
+        except TimeoutError:
+            raise WaitTimeout(
+                f"the server at {self.key} did not confirm {session.unacked} message(s) "
+                f"within {timeout:g}s"
+            ) from None
         self._raise_if_failed()
+
+    def check_message(self, data: Any) -> None:
+        """Raise :class:`UsageError` if ``data`` cannot be sent (not JSON, NaN, too large)."""
+        self._encode(data)
 
     def _encode(self, data: Any) -> tuple[str, int]:
         """The message as compact JSON, and its size in UTF-8 bytes (checked against the limit)."""
         try:
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            # allow_nan=False: NaN and Infinity are not JSON; a peer's parser may refuse them.
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"message is not JSON-serializable: {exc}") from exc
         size = len(text.encode())
