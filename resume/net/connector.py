@@ -248,17 +248,17 @@ class Reconnector:
             try:
                 result = await session(connection)
             except Exception as exc:
-                error = translate(exc)
-                if error is None:
+                lost = translate(exc)
+                if lost is None:
                     await _abort(connection)
                     raise
-                self._emit(ConnectionEvent("disconnected", self._attempt, url, error))
+                self._emit(ConnectionEvent("disconnected", self._attempt, url, lost))
                 up_since = self._up_since
                 if up_since is not None and self.clock() - up_since >= self.backoff.min_uptime:
                     self._attempt = 0  # it was a real connection: start the delays over
                     self._failing_since = None
                 await _abort(connection)
-                await self._after_failure(url, error, cause=exc)
+                await self._after_failure(url, lost, cause=exc)
                 continue
             except BaseException:
                 await _abort(connection)

@@ -99,10 +99,10 @@ def is_seq(value: Any, *, minimum: int = 0) -> bool:
 
 def seq_field(message: Mapping[str, Any], name: str, *, minimum: int = 0) -> int:
     """``message[name]``, checked to be a seq; raise :class:`ProtocolError` (1002) if not."""
-    value = message.get(name)
+    value: Any = message.get(name)
     if not is_seq(value, minimum=minimum):
         raise ProtocolError(
             f"{message.get('type')!r}: {name!r} must be an integer >= {minimum}, got {value!r}",
             close_code=CloseCode.PROTOCOL_ERROR,
         )
-    return value
+    return int(value)

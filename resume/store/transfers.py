@@ -222,8 +222,9 @@ class TransferRepository:
 
     def update(self, file_id: str, **values: object) -> None:
         """Change columns of one transfer and bump its timestamp."""
-        if isinstance(values.get("state"), TransferState):
-            values["state"] = values["state"].value  # type: ignore[union-attr]
+        state = values.get("state")
+        if isinstance(state, TransferState):
+            values["state"] = state.value
         values["timestamp"] = utcnow()
         assignments = ", ".join(f'"{name}" = :{name}' for name in values)
         with self.db.transaction() as tx:

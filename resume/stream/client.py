@@ -445,9 +445,10 @@ class StreamClient:
                     first=item.first,
                     last=item.last,
                 )
-            self._held = item
+            message: Message = item
+            self._held = message
             self.stats.received += 1
-            return item
+            return message
 
     async def commit(self) -> None:
         """Count the message last returned as taken now (it otherwise is at the next one)."""

@@ -72,7 +72,7 @@ def server_identity(url: str) -> str | None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return None
-    addresses = {info[4][0] for info in infos}
+    addresses = {str(info[4][0]) for info in infos}
     v4 = sorted(a for a in addresses if ":" not in a)
     v6 = sorted(a for a in addresses if ":" in a)
     if not (v4 or v6):

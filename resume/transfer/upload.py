@@ -580,7 +580,7 @@ class Uploader:
                         raise Interrupted("interrupted; resume with the same command")
                     room = options.window - len(in_flight)
                     if queue and room > 0:
-                        batch = []
+                        batch: list[int] = []
                         while queue and len(batch) < min(room, PREPARE_BATCH):
                             index = queue.popleft()
                             if ledger.state(index) is ChunkState.PENDING:
@@ -645,7 +645,7 @@ class Uploader:
         """The whole-file xxh3-128, checked against a source that must not have changed."""
         record = state.record
         if state.hashed == state.ledger.chunk_count:
-            checksum = state.hasher.hexdigest()
+            checksum = str(state.hasher.hexdigest())
         elif state.background_hash is not None:
             checksum = await state.background_hash
         else:
@@ -731,7 +731,8 @@ class _Link:
         self._replies[(kind, file_id)] = future
         try:
             async with asyncio.timeout(timeout):
-                return await future
+                reply: dict[str, Any] = await future
+                return reply
         except TimeoutError:
             raise AckTimeout(f"no {kind!r} from the server within {timeout:.0f}s") from None
         finally:
