@@ -100,7 +100,9 @@ class ProgressReporter:
         else:
             self._count(job, result.size, absolute=True)
             if self.live:
-                self.line(f"verified {job.name} ({format_bytes(result.size)})")
+                size = f" ({format_bytes(result.size)})"
+                room = self._width() - 1 - len("verified ") - len(size)
+                self.line(f"verified {shorten(job.name, max(room, 8))}{size}")
         self._draw(force=True)
 
     def connection(self, event: ConnectionEvent) -> None:
@@ -190,10 +192,13 @@ class ProgressReporter:
         if not force and now - self._last_draw < REDRAW_EVERY:
             return
         self._last_draw = now
-        width = shutil.get_terminal_size((80, 24)).columns
-        self.stream.write("\r\033[K" + self.status_line(width))
+        self.stream.write("\r\033[K" + self.status_line(self._width()))
         self.stream.flush()
         self._drawn = True
+
+    @staticmethod
+    def _width() -> int:
+        return shutil.get_terminal_size((80, 24)).columns
 
     def _clear(self) -> None:
         if self.live and self._drawn:
