@@ -214,7 +214,13 @@ def test_send_with_nothing_to_send_still_checks_the_token(tmp_path: Path) -> Non
 @pytest.mark.parametrize("command", ["send", "tail"])
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:1/streams/orders", "ws://127.0.0.1:1/upload", "orders"],
+    [
+        "http://127.0.0.1:1/streams/orders",
+        "ws://127.0.0.1:1/upload",
+        "orders",
+        "ws://127.0.0.1:1/streams/bad name",
+        "ws://127.0.0.1:1/streams/",
+    ],
 )
 def test_bad_url_exits_2(tmp_path: Path, command: str, url: str) -> None:
     """Something that is not a ws:// channel URL is a usage error: exit 2, one clear line."""
@@ -371,4 +377,6 @@ def test_give_up_after_stops_retrying_an_unreachable_server(tmp_path: Path, comm
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("resume: error: cannot connect")
+    assert "resume: warning: cannot connect" in result.stderr  # each retry, though not a TTY
+    assert "retrying in" in result.stderr
     assert time.monotonic() - started < 15
