@@ -160,7 +160,8 @@ class TransferRepository:
         )
         placeholders = ", ".join(f":{name}" for name in values)
         with self.db.transaction() as tx:
-            tx.run(f"INSERT INTO transfers ({', '.join(values)}) VALUES ({placeholders})", values)
+            columns = ", ".join(f'"{name}"' for name in values)  # "offset" is reserved in SQL
+            tx.run(f"INSERT INTO transfers ({columns}) VALUES ({placeholders})", values)
         return self.get(file_id)  # type: ignore[return-value]
 
     def get(self, file_id: str) -> TransferRecord | None:
