@@ -102,53 +102,58 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
-    from resume.api import upload
-    from resume.errors import (
-        AckTimeout,
-        ChecksumMismatch,
-        ConnectError,
-        ConnectionLost,
-        ConnectTimeout,
-        FatalError,
-        FileRefused,
-        FrameCorrupted,
-        GapError,
-        HandshakeTimeout,
-        IntegrityError,
-        Interrupted,
-        LedgerError,
-        ProtocolError,
-        Rejected,
-        ResumeError,
-        RetryableError,
-        SchemaOutOfDate,
-        ServerBusy,
-        ServerError,
-        SourceChanged,
-        SourceError,
-        StoreError,
-        StoreLocked,
-        StreamReset,
-        Timeout,
-        TransferError,
-        UsageError,
-        Verdict,
-        WaitTimeout,
-        classify,
-    )
-    from resume.net.backoff import Backoff
-    from resume.net.connector import ConnectionEvent, ConnectOptions
-    from resume.protocol.session import Gap, Message
-    from resume.store import Store, open_store
-    from resume.stream.client import (
-        BufferFull,
-        ClientClosed,
-        StreamClient,
-        StreamEvent,
-        StreamOptions,
-        StreamStats,
-    )
-    from resume.stream.raw import RawClient
-    from resume.transfer.plan import FileJob, Skipped, collect_jobs
-    from resume.transfer.upload import FileResult, Uploader, UploadOptions, UploadProgress
+# What type checkers see (`X as X` marks a re-export); at run time __getattr__ loads them.
+if TYPE_CHECKING:
+    from resume.api import upload as upload
+    from resume.errors import AckTimeout as AckTimeout
+    from resume.errors import ChecksumMismatch as ChecksumMismatch
+    from resume.errors import ConnectError as ConnectError
+    from resume.errors import ConnectionLost as ConnectionLost
+    from resume.errors import ConnectTimeout as ConnectTimeout
+    from resume.errors import FatalError as FatalError
+    from resume.errors import FileRefused as FileRefused
+    from resume.errors import FrameCorrupted as FrameCorrupted
+    from resume.errors import GapError as GapError
+    from resume.errors import HandshakeTimeout as HandshakeTimeout
+    from resume.errors import IntegrityError as IntegrityError
+    from resume.errors import Interrupted as Interrupted
+    from resume.errors import LedgerError as LedgerError
+    from resume.errors import ProtocolError as ProtocolError
+    from resume.errors import Rejected as Rejected
+    from resume.errors import ResumeError as ResumeError
+    from resume.errors import RetryableError as RetryableError
+    from resume.errors import SchemaOutOfDate as SchemaOutOfDate
+    from resume.errors import ServerBusy as ServerBusy
+    from resume.errors import ServerError as ServerError
+    from resume.errors import SourceChanged as SourceChanged
+    from resume.errors import SourceError as SourceError
+    from resume.errors import StoreError as StoreError
+    from resume.errors import StoreLocked as StoreLocked
+    from resume.errors import StreamReset as StreamReset
+    from resume.errors import Timeout as Timeout
+    from resume.errors import TransferError as TransferError
+    from resume.errors import UsageError as UsageError
+    from resume.errors import Verdict as Verdict
+    from resume.errors import WaitTimeout as WaitTimeout
+    from resume.errors import classify as classify
+    from resume.net.backoff import Backoff as Backoff
+    from resume.net.connector import ConnectionEvent as ConnectionEvent
+    from resume.net.connector import ConnectOptions as ConnectOptions
+    from resume.protocol.session import Gap as Gap
+    from resume.protocol.session import Message as Message
+    from resume.store import Store as Store
+    from resume.store import open_store as open_store
+    from resume.stream.client import BufferFull as BufferFull
+    from resume.stream.client import ClientClosed as ClientClosed
+    from resume.stream.client import StreamClient as StreamClient
+    from resume.stream.client import StreamEvent as StreamEvent
+    from resume.stream.client import StreamOptions as StreamOptions
+    from resume.stream.client import StreamStats as StreamStats
+    from resume.stream.raw import RawClient as RawClient
+    from resume.transfer.plan import FileJob as FileJob
+    from resume.transfer.plan import Skipped as Skipped
+    from resume.transfer.plan import collect_jobs as collect_jobs
+    from resume.transfer.upload import FileResult as FileResult
+    from resume.transfer.upload import Uploader as Uploader
+    from resume.transfer.upload import UploadOptions as UploadOptions
+    from resume.transfer.upload import UploadProgress as UploadProgress
