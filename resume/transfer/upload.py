@@ -491,13 +491,11 @@ class Uploader:
                 code=server_state,
                 file_id=record.file_id,
             )
-        if state.check_only:  # a completed file the server says it is still receiving
-            raise FileRefused(
-                f"{record.name}: finished earlier, but the server is still receiving it; "
-                f"{RESTART_HINT}",
-                code="mismatch",
-                file_id=record.file_id,
-            )
+        if state.check_only:
+            # The server does not know it as finished (its store was reset): it holds none
+            # of the chunks we have as committed, and reconciliation sends them all again.
+            state.check_only = False
+            self.repo.update(record.file_id, state=TransferState.ACTIVE)
         await self._reconcile(state, held_from_json(reply, "held"))
         ledger = state.ledger
         if not state.started:

@@ -187,6 +187,9 @@ def test_a_second_run_of_the_same_upload_is_refused_while_the_first_runs(
         [item] = status_of(db)
         assert item["state"] == "active" and item["running"] is True
         assert item["last_error"] is None  # the refused run wrote nothing into the record
+        cancel = run_resume("cancel", str(item["file_id"])[:8], "--db", db)
+        assert cancel.returncode == 2  # not killed from under the running upload
+        assert f"is being sent by pid {first.pid}; stop that upload first" in cancel.stderr
     finally:
         code, _, err = wait_for_exit(first)
     assert code == 0, err
@@ -308,6 +311,25 @@ def test_an_unreadable_source_is_fatal_for_it_and_never_retried(
     assert f"{source}: cannot open: Permission denied" in result.stderr
     assert "cannot connect" not in result.stderr and "retrying" not in result.stderr
     assert time.monotonic() - started < 10
+
+
+def test_a_full_disk_on_the_server_is_fatal_and_clear(tmp_path: Path) -> None:
+    """disk_full: exit 1 at once with one line saying so; not retried."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.system(f"mount -t tmpfs -o size=3m tmpfs {mount} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a tmpfs here to simulate a full disk")
+    try:
+        source = make_file(tmp_path / "big.bin", 5 * 2**20)
+        with ServeProcess(mount / "root") as server:
+            started = time.monotonic()
+            result = run_resume("upload", str(source), server.url, "--db", str(tmp_path / "c.db"))
+        assert result.returncode == 1
+        assert "resume: error: the server's disk is full" in result.stderr
+        assert "retrying" not in result.stderr and "Traceback" not in result.stderr
+        assert time.monotonic() - started < 20
+    finally:
+        os.system(f"umount -l {mount}")
 
 
 # -- retries and signals ------------------------------------------------------------------------

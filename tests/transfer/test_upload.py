@@ -343,3 +343,21 @@ async def test_disk_full_is_a_clear_error_and_the_server_goes_on(
     assert (server.root / "small.bin").read_bytes() == small.read_bytes()
     assert result.state == "completed"
     await server.shutdown()  # release the tmpfs before it is unmounted
+
+
+async def test_a_finished_upload_is_sent_again_to_a_server_that_forgot_it(
+    start_server: StartServer, client_store: Store, tmp_path: Path
+) -> None:
+    """The server's store and the file are gone: the re-run reconciles and sends it all."""
+    import shutil
+
+    server = await start_server()
+    source = make_file(tmp_path / "data.bin", 300_000)
+    [first] = await upload(client_store, server.url, [source])
+    await server.shutdown()
+    shutil.rmtree(server.root / ".resume")
+    (server.root / "data.bin").unlink()
+    server = await start_server(port=server.port)
+    [again] = await upload(client_store, server.url, [source])
+    assert (again.state, again.bytes_sent, again.file_id) == ("completed", 300_000, first.file_id)
+    assert (server.root / "data.bin").read_bytes() == source.read_bytes()
