@@ -198,7 +198,7 @@ def transfers_text(summaries: list[TransferSummary], width: int | None) -> str:
         head = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  "
         name = row[4] if width is None else shorten(row[4], max(8, width - 1 - len(head)))
         lines.append(head + name)
-        if error:
-            text = f"{' ' * (widths[0] + 2)}error: {error}"
+        if error:  # under its transfer, with its id again: `grep ID` finds both lines
+            text = f"{row[0].ljust(widths[0])}  error: {error}"
             lines.append(text if width is None else text[: width - 1])
     return "\n".join(lines) + "\n"
