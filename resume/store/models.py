@@ -72,7 +72,7 @@ class TransferLock(Base):
 
     __tablename__ = "transfer_locks"
 
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the identity
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # xxh3-128 of the identity
     file_id: Mapped[str | None] = mapped_column(String(32), index=True)  # once planned
     host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
