@@ -33,8 +33,8 @@ class Store:
     ) -> None:
         self.url = url
         self.db = db
-        self._durable = durable
-        self._readonly = readonly
+        self.durable = durable
+        self.readonly = readonly
         self.transfers = TransferRepository(db)
 
     @cached_property
@@ -44,7 +44,7 @@ class Store:
             return self.db.engine
         from resume.store.engine import make_engine
 
-        return make_engine(self.url, durable=self._durable, readonly=self._readonly)
+        return make_engine(self.url, durable=self.durable, readonly=self.readonly)
 
     @cached_property
     def received(self) -> ReceivedRepository:

@@ -70,10 +70,23 @@ def ensure_head(store: Store) -> None:
             rows = tx.rows("SELECT version_num FROM alembic_version")
             if rows and rows[0]["version_num"] == HEAD_REVISION:
                 return
+    from resume.store.engine import make_engine
     from resume.store.errors import store_errors
 
-    with store_errors():
-        upgrade(store.engine)
+    if not store.readonly:
+        with store_errors():
+            upgrade(store.engine)
+        return
+    # A reader (`resume status`) may open a database another process is creating right now.
+    # Its read transaction could never become the migration's write transaction (SQLite says
+    # "locked" at once): migrate through a writer, which waits its turn and then finds the
+    # schema at head.
+    writer = make_engine(store.url)
+    try:
+        with store_errors():
+            upgrade(writer)
+    finally:
+        writer.dispose()
 
 
 def current_revision(engine: Engine) -> str | None:

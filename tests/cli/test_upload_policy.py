@@ -495,3 +495,25 @@ def test_send_does_not_draw_over_typed_input(serve: ServeProcess, tmp_path: Path
         "--db", str(tmp_path / "t.db"),
     )  # fmt: skip
     assert tail.stdout.split() == ["hello", "world"]
+
+
+def test_status_waits_for_another_process_creating_the_database(tmp_path: Path) -> None:
+    """`resume status` opening a store that another process is creating right now waits for
+    it (it was "database is locked" at once, when the reader tried to migrate too: seen from
+    examples/demo.sh polling status while its upload created the store)."""
+    db = tmp_path / "c.db"
+    creator = sqlite3.connect(db, isolation_level=None)
+    creator.execute("PRAGMA journal_mode=WAL")
+    creator.execute("BEGIN IMMEDIATE")  # another process is creating the schema right now
+    creator.execute("CREATE TABLE being_created (x INTEGER)")
+    reader = subprocess.Popen(
+        resume_cmd("status", "--json", "--db", str(db)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=resume_env(),
+    )  # fmt: skip
+    time.sleep(1.5)
+    assert reader.poll() is None, reader.communicate()  # waiting, not failed
+    creator.execute("COMMIT")
+    creator.close()
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert json.loads(out) == []
