@@ -9,10 +9,17 @@ Every peer is a real separate process on 127.0.0.1, with a fresh server director
 - raw:    plain `websockets`, 1 MiB binary messages, one fsync at the end (benchmarks/raw_ws.py).
 - tus:    `tuspy` to `tuspyserver` under uvicorn (benchmarks/tus_peer.py), if installed.
 
-Reported: MB/s over the client's wall time (process start to exit, what a user waits) and the
+Reported: MB/s over the client's wall time (process start to exit, what a user waits: both
+clients measured the same way, as whole processes, interleaved in the same run) and the
 median of --runs; peak RSS of client and server (from wait4's rusage, exact per process);
-resume's client RSS for two file sizes (it must not grow with the file); and, after SIGKILLing
-an upload half way, how long the same command takes to get the next chunk durably stored.
+resume's client RSS for two file sizes (it must not grow with the file); after SIGKILLing
+an upload half way, how long the same command takes to get the next chunk durably stored;
+and start-up: the wall time of `resume upload` of a 1 KiB file to a server already
+listening, with a state database already at the newest schema (median of --startup-runs),
+next to the raw client doing the same.
+
+The package's bytecode is compiled first (``compileall``): an installed wheel has it, and an
+environment with PYTHONDONTWRITEBYTECODE would otherwise compile `resume` on every start.
 """
 
 from __future__ import annotations
@@ -171,6 +178,35 @@ def bench_tus(data: Path, work: Path, chunk_size: int) -> Run:
     return Run(seconds, rss, server_rss)
 
 
+def bench_startup(work: Path, runs: int) -> dict[str, float]:
+    """Median wall seconds of a whole `resume upload` of 1 KiB, and of the raw client."""
+    small = work / "one-kib.bin"
+    small.write_bytes(os.urandom(1024))
+    db = work / "startup.db"
+    server = Peer([*resume_bin(), "serve", "--root", str(work / "srv"), "--port", "0"])
+    raw = Peer([PYTHON, str(HERE / "raw_ws.py"), "server", str(work / "raw")])
+    resume_times, raw_times = [], []
+    try:  # the first upload creates and migrates the store: not counted
+        run_child([*resume_bin(), "upload", str(small), server.url, "--db", str(db), "--name", "w"])
+        for i in range(runs):
+            resume_times.append(
+                run_child(
+                    [*resume_bin(), "upload", str(small), server.url, "--db", str(db),
+                     "--name", f"s{i}.bin"]
+                )[0]
+            )  # fmt: skip
+            raw_times.append(
+                run_child([PYTHON, str(HERE / "raw_ws.py"), "client", str(small), raw.url])[0]
+            )
+    finally:
+        server.stop()
+        raw.stop()
+    return {
+        "resume_upload_1kib_s": statistics.median(resume_times),
+        "raw_client_1kib_s": statistics.median(raw_times),
+    }
+
+
 def held_chunks(server_db: Path) -> int:
     if not server_db.exists():
         return 0
@@ -256,7 +292,9 @@ def main() -> None:
     parser.add_argument("--tus-chunk-size", default="8MiB")
     parser.add_argument("--skip-tus", action="store_true")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--startup-runs", type=int, default=15, help="runs of the start-up check")
     args = parser.parse_args()
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(REPO / "resume")], check=True)
     size, small = parse_size(args.size), parse_size(args.small_size)
 
     scratch = Path(tempfile.mkdtemp(prefix="resume-bench-"))
@@ -267,6 +305,9 @@ def main() -> None:
         "window": args.window,
     }
     try:
+        startup = scratch / "startup"
+        startup.mkdir()
+        results["startup"] = bench_startup(startup, args.startup_runs)
         data, small_data = scratch / "data.bin", scratch / "small.bin"
         make_data(data, size)
         make_data(small_data, small)
@@ -344,12 +385,17 @@ def report(results: dict, size: int, small: int) -> None:  # type: ignore[type-a
             )
     if "tus_error" in results:
         print(f"tus      not measured: {results['tus_error']}")
-    print(f"resume / raw: {results['ratio_resume_vs_raw']:.2f}x")
+    print(f"resume / raw: {results['ratio_resume_vs_raw']:.2f}x (whole processes, same run)")
     if "ratio_resume_vs_tus" in results:
         print(f"resume / tus: {results['ratio_resume_vs_tus']:.2f}x")
     print(
         f"resume client peak RSS: {results['client_rss_mib_small_file']:.1f} MiB for "
         f"{small / MiB:.0f} MiB, {results['resume']['client_rss_mib_median']:.1f} MiB for {size / MiB:.0f} MiB"
+    )
+    st = results["startup"]
+    print(
+        f"start-up: `resume upload` of 1 KiB to a listening server {st['resume_upload_1kib_s']:.3f}s "
+        f"(raw client: {st['raw_client_1kib_s']:.3f}s), median"
     )
     k = results["resume_after_kill"]
     print(

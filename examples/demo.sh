@@ -15,7 +15,7 @@ export RESUME_DB="$DEMO/state.db"
 echo "== 1. start a local server (resume serve) on a free port"
 "$RESUME" serve --root "$DEMO/received" --port 0 >"$DEMO/serve.out" 2>"$DEMO/serve.log" &
 SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null || true' EXIT
+trap 'kill "$SERVER" ${UPLOADER:-} 2>/dev/null || true' EXIT  # never leave an upload behind
 for _ in $(seq 100); do grep -q listening "$DEMO/serve.out" 2>/dev/null && break; sleep 0.1; done
 URL=$(awk '/listening on/ {print $3}' "$DEMO/serve.out")
 echo "   server at $URL, receiving into $DEMO/received"

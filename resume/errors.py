@@ -6,19 +6,23 @@ Catch at whatever level suits you::
     ├── TransferError                      anything that went wrong talking to a peer
     │   ├── RetryableError                 worth another attempt after a backoff delay
     │   │   ├── ConnectError               refused, unreachable, reset during connect
+    │   │   ├── FrameCorrupted             a frame failed to decode (retried a bounded number of times)
     │   │   ├── ConnectionLost             an open connection dropped (1001/1006/1011/1012/1013)
     │   │   ├── ServerBusy                 5xx at the handshake, "try again later"
     │   │   └── Timeout
     │   │       ├── ConnectTimeout         TCP connect or opening handshake took too long
     │   │       ├── HandshakeTimeout       the peer never answered our hello
-    │   │       └── AckTimeout             data went out, no acknowledgement came back
+    │   │       ├── AckTimeout             data went out, no acknowledgement came back
+    │   │       └── WaitTimeout            an API wait (ready, flush) ran out; also a TimeoutError
     │   └── FatalError                     retrying cannot help; stop at once
     │       ├── Rejected                   401/403/404 at the handshake or a policy close
+    │       │   └── FileRefused            the server refused one file (exists, bad name, ...)
     │       ├── ProtocolError              the peer broke the wire protocol (1002/1003/1007/1009)
     │       ├── GapError                   a stream gap the server can no longer replay
     │       ├── StreamReset                the server's log is behind a consumer's position
     │       ├── ClientIdConflict           another producer uses this stream client id
     │       ├── ServerError                server could not store the data (disk full, I/O)
+    │       ├── SourceError                a local file cannot be read (permission, I/O, gone)
     │       └── IntegrityError             bytes do not match what they must be
     │           ├── ChecksumMismatch       a chunk or a whole file failed verification
     │           └── SourceChanged          the local file changed since its transfer began
@@ -121,6 +125,26 @@ class AckTimeout(Timeout):
     """Data was sent but no acknowledgement arrived in time."""
 
 
+class WaitTimeout(Timeout, TimeoutError):
+    """An API call waited as long as it was told to (``ready(timeout=)``, ``flush(timeout=)``).
+
+    Also a :class:`TimeoutError`, so ``except TimeoutError`` keeps working; the message says
+    what was waited for.
+    """
+
+
+class FrameCorrupted(RetryableError):
+    """A frame failed to decode (invalid UTF-8 or JSON, a 1007 close): corrupted in transit.
+
+    Retried like a dropped connection, but only a bounded number of times: a peer that keeps
+    sending garbage is a protocol problem, and then it becomes a :class:`ProtocolError`.
+    """
+
+    def __init__(self, message: str, *, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
 class FatalError(TransferError):
     """A failure that retrying cannot fix; stop at once with a clear message."""
 
@@ -134,6 +158,16 @@ class Rejected(FatalError):
         super().__init__(message)
         self.status = status
         self.close_code = close_code
+
+
+class FileRefused(Rejected):
+    """The server refused one file (``code``: exists, bad_name, too_large, name_in_use,
+    forbidden, limit, mismatch, checksum_mismatch...); the other files of the run go on."""
+
+    def __init__(self, message: str, *, code: str, file_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.file_id = file_id
 
 
 class ProtocolError(FatalError):
@@ -189,6 +223,17 @@ class ServerError(FatalError):
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SourceError(FatalError):
+    """A local file cannot be read: permission denied, an I/O error, gone, not a regular file.
+
+    Never retried as a connection problem; the message names the file.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class IntegrityError(FatalError):

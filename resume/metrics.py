@@ -47,6 +47,10 @@ FAILURE_REASONS = (
     "checksum_mismatch",
     "disk_full",
     "storage",
+    "exists",
+    "name_in_use",
+    "forbidden",
+    "limit",
     "protocol",
     "other",
 )

@@ -24,7 +24,6 @@ import asyncio
 import email.utils
 import ipaddress
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from resume.errors import UsageError
 from resume.logs import peer
 from resume.metrics import ServerMetrics
 from resume.ops import HttpReply, OpsRoutes, ping_store
-from resume.protocol.frames import SUBPROTOCOL, CloseCode
+from resume.protocol.frames import CHANNEL_NAME, SUBPROTOCOL, CloseCode
 from resume.rootlock import RootLock
 from resume.store import Store, open_store
 from resume.stream.endpoint import StreamEndpoint
@@ -51,7 +50,6 @@ from resume.transfer.receiver import UploadEndpoint, UploadLimits
 log = logging.getLogger("resume.server")
 
 STATE_DIR = ".resume"  # under the root: the server's store and partial files
-CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True)

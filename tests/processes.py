@@ -26,18 +26,91 @@ def resume_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "resume", *args]
 
 
+# Root reads and writes any file whatever its mode; without these two capabilities it is held
+# to the permission bits like anyone else (and keeps its own files and the interpreter).
+DROP_FILE_OVERRIDES = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
 def run_resume(
-    *args: str, timeout: float = 120, env: dict[str, str] | None = None, input: str | None = None
+    *args: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    unprivileged: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI to completion and capture its output."""
+    """Run the CLI to completion and capture its output.
+
+    ``unprivileged``: held to file permission bits even when the tests run as root (so a
+    file with mode 000 really cannot be read).
+    """
+    prefix = DROP_FILE_OVERRIDES if unprivileged and os.geteuid() == 0 else []
     return subprocess.run(
-        resume_cmd(*args),
+        [*prefix, *resume_cmd(*args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=resume_env(env),
         input=input,
     )
+
+
+def run_in_pty(
+    *args: str,
+    columns: int = 80,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    typed: bytes | None = None,
+) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal ``columns`` wide (stdin, stdout and stderr); returns
+    (exit status, everything it wrote, with \r and escape sequences as they were).
+
+    ``typed`` is written to the terminal as if typed (end it with b"\x04" for end of input).
+    """
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the pty is its terminal
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+            os.execve(
+                sys.executable, resume_cmd(*args), resume_env({"TERM": "xterm", **(env or {})})
+            )
+        finally:
+            os._exit(127)
+    output = bytearray()
+    status: int | None = None
+    deadline = time.monotonic() + timeout
+    if typed:
+        time.sleep(0.5)  # let it start reading
+        os.write(fd, typed)
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                output += data
+            else:
+                done, code = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = code
+                    break
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"still running after {timeout}s: {output[-500:]!r}")
+    finally:
+        os.close(fd)
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode("utf-8", "replace")
 
 
 class ServeProcess:

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ def test_wheel_installs_and_migrates_from_another_directory(tmp_path: Path) -> N
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(REPO)],
         check=True, timeout=300,
     )  # fmt: skip
-    [wheel] = dist.glob("resume-*.whl")
+    [wheel] = dist.glob("resume_ws-*.whl")  # the distribution name; the package is `resume`
+    with zipfile.ZipFile(wheel) as archive:
+        assert "resume/py.typed" in archive.namelist()
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
@@ -58,3 +61,8 @@ def test_wheel_installs_and_migrates_from_another_directory(tmp_path: Path) -> N
         cwd=elsewhere, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert str(env_dir) in where.stdout and "_migrations" in where.stdout
+    api = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import resume; print(resume.StreamClient.__name__, resume.upload.__name__)"],
+        cwd=elsewhere, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert api.stdout.split() == ["StreamClient", "upload"]

@@ -259,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     if config.root.exists() and not config.root.is_dir():
         raise UsageError(f"--root {config.root} exists and is not a directory")
+    _check_writable(config.root)
     _raise_descriptor_limit()
     asyncio.run(_serve(config))
     return 0
@@ -274,6 +275,20 @@ def _raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 20), hard))
     except (ImportError, ValueError, OSError):
         pass  # keep the limit we have
+
+
+def _check_writable(root: Path) -> None:
+    """The root (or, if it does not exist yet, the directory it would be made in) must be
+    writable: say so now, not as a port problem. Nothing is created here."""
+    target = root / ".resume" if (root / ".resume").is_dir() else root
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    probe = target / f".resume-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--root {root} is not writable: {exc.strerror} ({target})") from exc
 
 
 async def _serve(config: ServerConfig) -> None:

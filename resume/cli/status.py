@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from typing import TYPE_CHECKING
 
 from resume.cli.format import format_bytes, iso_utc, relative_time
 from resume.cli.options import add_db_option
+from resume.errors import ResumeError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -45,8 +47,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from resume.store import open_store, store_exists
 
     summaries: list[TransferSummary] = []
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
             if args.streams or not (args.file_id or args.json):  # shown: the JSON list has none
                 producers = store.stream_client.producers()
                 consumers = store.stream_client.consumers()
+    if args.file_id and not summaries and not args.streams:
+        raise ResumeError(f"no transfer with id {args.file_id!r} (see `resume status`)")
     if args.json:
         document: object = (
             {
@@ -71,12 +73,15 @@ def run(args: argparse.Namespace) -> int:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    # Piped output is read by tools like grep: do not wrap it to an imaginary 80 columns.
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    # Piped output is read by tools like grep: names are not shortened for it.
+    width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else None
     if not args.streams:
-        console.print(as_table(summaries))
+        sys.stdout.write(transfers_text(summaries, width))
+        sys.stdout.flush()
     if args.streams or producers or consumers:
-        console.print(streams_table(producers, consumers))
+        from rich.console import Console
+
+        Console(width=width or 200).print(streams_table(producers, consumers))
     return 0
 
 
@@ -106,7 +111,7 @@ def streams_table(producers: list[ProducerState], consumers: list[ConsumerState]
     """Producers and consumers in one table: who, which channel, how far, since when."""
     from rich.table import Table
 
-    from resume.store.models import utcnow
+    from resume.store.states import utcnow
 
     empty = not producers and not consumers
     table = Table(title="streams (none)" if empty else "streams", title_justify="left")
@@ -129,6 +134,15 @@ def streams_table(producers: list[ProducerState], consumers: list[ConsumerState]
     return table
 
 
+def shown_state(summary: TransferSummary) -> str:
+    """The state people and scripts see: ``interrupted`` for an active transfer whose
+    process is gone (killed, crashed); it resumes with the same command."""
+    state = summary.transfer.state.value
+    if state == "active" and not summary.running:
+        return "interrupted"
+    return state
+
+
 def as_json(summary: TransferSummary) -> dict[str, object]:
     """The machine-readable form of one transfer."""
     t, c = summary.transfer, summary.chunks
@@ -138,11 +152,13 @@ def as_json(summary: TransferSummary) -> dict[str, object]:
         "name": t.name,
         "url": t.url,
         "upload_url": t.upload_url,
+        "server": t.server,
         "size": t.size,
         "offset": t.offset,
         "checksum": t.checksum,
         "checksum_algo": t.checksum_algo,
-        "state": t.state.value,
+        "state": shown_state(summary),
+        "running": summary.running,
         "chunk_size": t.chunk_size,
         "chunks": {"committed": c.committed, "prepared": c.prepared, "total": c.total},
         "created_at": iso_utc(t.created_at),
@@ -151,41 +167,43 @@ def as_json(summary: TransferSummary) -> dict[str, object]:
     }
 
 
-def as_table(summaries: list[TransferSummary]) -> Table:
-    """The table people read."""
-    from rich.table import Table
+def transfers_text(summaries: list[TransferSummary], width: int | None) -> str:
+    """The transfers as people read them: one line each (two with an error), fitting
+    ``width`` columns (None: as long as it takes). Numbers come first; names are shortened
+    from the left, errors from the right.
+    """
+    from resume.cli.progress import shorten
+    from resume.store.states import utcnow
 
-    from resume.store.models import utcnow
-
-    table = Table(title="transfers" if summaries else "transfers (none)", title_justify="left")
-    for column in (
-        "file id",
-        "name",
-        "state",
-        "committed",
-        "chunks c/p/total",
-        "checksum",
-        "updated",
-    ):
-        table.add_column(column, no_wrap=True)
-    table.add_column("error")
-    tus = any(s.transfer.upload_url for s in summaries)
-    if tus:  # tus transfers: where the upload lives on the server
-        table.add_column("upload URL", no_wrap=True)
+    if not summaries:
+        return "transfers: none\n"
     now = utcnow()
+    rows = [("ID", "STATE", "PROGRESS", "UPDATED", "NAME")]
+    errors: list[str | None] = [None]
+    urls: list[str | None] = [None]
     for summary in summaries:
-        t, c = summary.transfer, summary.chunks
-        percent = 100.0 if t.size == 0 else 100.0 * t.offset / t.size
-        extra = [t.upload_url or ""] if tus else []
-        table.add_row(
-            t.file_id[:8],
-            t.name,
-            t.state.value,
-            f"{format_bytes(t.offset)} / {format_bytes(t.size)} ({percent:.0f}%)",
-            f"{c.committed}/{c.prepared}/{c.total}",
-            (t.checksum or "-")[:12],
-            relative_time(t.timestamp, now),
-            t.last_error or "",
-            *extra,
+        t = summary.transfer
+        urls.append(t.upload_url)
+        percent = 100 if t.size == 0 else 100 * t.offset // t.size
+        rows.append(
+            (
+                t.file_id[:8],
+                shown_state(summary),
+                f"{percent}% of {format_bytes(t.size)}",
+                relative_time(t.timestamp, now),
+                t.name,
+            )
         )
-    return table
+        errors.append(t.last_error)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row, error, url in zip(rows, errors, urls, strict=True):
+        head = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  "
+        name = row[4] if width is None else shorten(row[4], max(8, width - 1 - len(head)))
+        lines.append(head + name)
+        if url:  # a tus transfer: where its upload lives on the server
+            lines.append(f"{row[0].ljust(widths[0])}  upload: {url}")
+        if error:  # under its transfer, with its id again: `grep ID` finds both lines
+            text = f"{row[0].ljust(widths[0])}  error: {error}"
+            lines.append(text if width is None else text[: width - 1])
+    return "\n".join(lines) + "\n"

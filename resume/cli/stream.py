@@ -21,7 +21,7 @@ from resume.errors import Interrupted, UsageError
 
 if TYPE_CHECKING:
     from resume.protocol.session import Gap
-    from resume.stream.client import StreamClient
+    from resume.stream.client import StreamClient, StreamEvent
 
 EXIT_INTERRUPTED = 130
 READ_SIZE = 64 * 1024
@@ -81,7 +81,7 @@ def _add_tail(subparsers: argparse._SubParsersAction) -> None:
             "are, anything else as JSON), flushed. The consumer's position is kept in the state "
             "database: a restarted tail continues after the last message it printed. Messages "
             "the server trimmed before this consumer took them are reported on stderr as not "
-            "recovered. Exits 0 after --count messages; Ctrl-C saves the position and exits 130."
+            "recovered. Exits 0 after --count messages; SIGINT or SIGTERM saves the position and exits 130."
         ),
     )
     _add_common(parser)
@@ -100,14 +100,25 @@ def _add_tail(subparsers: argparse._SubParsersAction) -> None:
         "--reset", action="store_true", help="forget the stored position of this consumer first"
     )
     parser.add_argument(
-        "--count", type=int, metavar="N", help="exit 0 after N messages (default: run until Ctrl-C)"
+        "--count",
+        type=int,
+        metavar="N",
+        help="exit 0 after N messages (default: run until interrupted)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print every message as one JSON document per line (strings quoted), for `send --json`",
     )
     parser.set_defaults(run=run_tail)
 
 
 def _check_url(url: str) -> None:
-    if not url.startswith(("ws://", "wss://")) or "/streams/" not in url:
-        raise UsageError(f"not a channel URL: {url!r} (expected ws://HOST:PORT/streams/NAME)")
+    from resume.protocol.frames import channel_problem
+
+    problem = channel_problem(url)
+    if problem:
+        raise UsageError(f"not a channel URL: {url!r} ({problem})")
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -119,6 +130,17 @@ def _options(args: argparse.Namespace) -> Any:
     defaults = StreamOptions()
     connect = dataclasses.replace(defaults.connect, **connection_settings(args, args.url))
     return dataclasses.replace(defaults, backoff=backoff, give_up_after=give_up, connect=connect)
+
+
+def _report_event(event: StreamEvent) -> None:
+    """Retry warnings on stderr, terminal or not: a command waiting for a server says so."""
+    if event.kind == "retrying" and event.delay is not None:
+        clear = "\r\033[K" if sys.stderr.isatty() else ""
+        print(
+            f"{clear}resume: warning: {event.error}; retrying in {event.delay:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # -- send ---------------------------------------------------------------------------------------
@@ -143,16 +165,23 @@ async def _send(args: argparse.Namespace) -> int:
         store=store,
         token=args.token,
         options=_options(args),
+        on_event=_report_event,
     )
-    progress = asyncio.create_task(_show_progress(client)) if sys.stderr.isatty() else None
+    # A live counter on a terminal, unless someone is typing the lines on it: their input
+    # and a redrawn counter would run together on one line.
+    live = sys.stderr.isatty() and not sys.stdin.isatty()
+    progress = asyncio.create_task(_show_progress(client)) if live else None
+    bad = 0
     try:
         await client.start()
         pump = asyncio.create_task(_pump_stdin(client, sys.stdin.buffer, as_json=args.json))
-        await _until_done_or_interrupted(client, pump)
+        bad = (await _until_done_or_interrupted(client, pump))[1]
         await _until_done_or_interrupted(client, asyncio.create_task(client.flush()))
         # even with nothing to send, exit 0 only once the server accepted us (token, path)
         await _until_done_or_interrupted(client, asyncio.create_task(client.ready()))
-        return 0
+        if bad:
+            print(f"resume: {bad} line(s) not sent (see above)", file=sys.stderr, flush=True)
+        return 1 if bad else 0
     except Interrupted:
         left = await client.close(timeout=3)
         print(
@@ -187,22 +216,42 @@ def _progress_line(client: StreamClient, *, final: bool = False) -> None:
     sys.stderr.flush()
 
 
-async def _pump_stdin(client: StreamClient, stream: BinaryIO, *, as_json: bool) -> int:
-    """Publish every line of ``stream``; returns how many."""
+async def _pump_stdin(client: StreamClient, stream: BinaryIO, *, as_json: bool) -> tuple[int, int]:
+    """Publish every line of ``stream``; returns (lines sent, lines refused).
+
+    A line that cannot be sent (not JSON with --json, NaN, over the message size limit) is
+    reported with its line number and skipped; the lines after it are still sent.
+    """
     pending = b""
-    count = 0
+    number = sent = bad = 0
+
+    async def publish(lines: list[bytes]) -> None:
+        nonlocal number, sent, bad
+        messages = []
+        for line in lines:
+            number += 1
+            try:
+                message = _line_message(line, as_json)
+                client.check_message(message)
+            except UsageError as exc:
+                bad += 1
+                print(f"resume: line {number}: {exc}; not sent", file=sys.stderr, flush=True)
+                continue
+            messages.append(message)
+        if messages:
+            await client.send_many(messages)
+            sent += len(messages)
+
     while True:
         chunk = await asyncio.to_thread(_read_some, stream)
         if not chunk:
             break
         *lines, pending = (pending + chunk).split(b"\n")
         if lines:
-            await client.send_many([_line_message(line, as_json) for line in lines])
-            count += len(lines)
+            await publish(lines)
     if pending:
-        await client.send(_line_message(pending, as_json))
-        count += 1
-    return count
+        await publish([pending])
+    return sent, bad
 
 
 def _read_some(stream: BinaryIO) -> bytes:
@@ -210,14 +259,18 @@ def _read_some(stream: BinaryIO) -> bytes:
     return read1(READ_SIZE) if read1 is not None else stream.read(READ_SIZE)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _line_message(line: bytes, as_json: bool) -> Any:
     text = line.removesuffix(b"\r").decode("utf-8", "replace")
     if not as_json:
         return text
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
-        raise UsageError(f"--json: not a JSON value: {text[:80]!r} ({exc})") from exc
+        raise UsageError(f"not a JSON value: {text[:60]!r} ({exc})") from exc
 
 
 async def _until_done_or_interrupted(client: StreamClient, work: asyncio.Task[Any]) -> Any:
@@ -271,11 +324,12 @@ async def _tail(args: argparse.Namespace) -> int:
             token=args.token,
             options=_options(args),
             on_gap=_report_gap,
+            on_event=_report_event,
         )
         await client.start()
         try:
             await _until_done_or_interrupted(
-                client, asyncio.create_task(_print(client, args.count))
+                client, asyncio.create_task(_print(client, args.count, as_json=args.json))
             )
         except Interrupted:
             return EXIT_INTERRUPTED  # every printed line was committed as it was printed
@@ -286,10 +340,11 @@ async def _tail(args: argparse.Namespace) -> int:
         return 0
 
 
-async def _print(client: StreamClient, count: int | None) -> None:
+async def _print(client: StreamClient, count: int | None, *, as_json: bool = False) -> None:
     printed = 0
     async for message in client:
-        sys.stdout.write(_line(message.data) + "\n")
+        text = json.dumps(message.data, ensure_ascii=False) if as_json else _line(message.data)
+        sys.stdout.write(text + "\n")
         sys.stdout.flush()
         # Printed: taken, even if we stop before asking for the next. A Ctrl-C arriving now
         # waits for this commit, so the next run starts after the line it saw.

@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resume.cli.format import format_bytes, parse_duration, parse_size
@@ -26,14 +25,13 @@ from resume.errors import Interrupted, ResumeError, UsageError
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from resume.transfer.plan import FileJob
+    from resume.cli.progress import ProgressReporter
+    from resume.transfer.plan import FileJob, Skipped
     from resume.transfer.tus_client import TusUploader
     from resume.transfer.upload import FileResult, Uploader, UploadOptions
 
-# Heavy imports (SQLAlchemy, websockets, rich) live inside the run functions, so that
-# `resume --help` and every other command start quickly.
+# Heavy imports (websockets, the store) live inside the run functions, so that `resume --help`
+# and every other command start quickly.
 
 EXIT_INTERRUPTED = 130
 
@@ -52,10 +50,13 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
             "Send files (directories recursively, keeping relative paths) to `resume serve` at "
             "URL, e.g. ws://127.0.0.1:8765. Each chunk is recorded PREPARED before it is sent "
             "and COMMITTED when the server has made it durable; after a crash, a dropped "
-            "connection or Ctrl-C, run the same command again to continue. The server verifies "
-            "every file (xxh3-128) before it appears under its name. Exit status: 0 when every "
-            "file is verified on the server, 130 when interrupted, 2 for bad arguments, 1 for "
-            "any other failure."
+            "connection or an interrupt, run the same command again to continue. The server "
+            "verifies every file (xxh3-128) before it appears under its name; a file sent "
+            "earlier is checked on the server again, not skipped on the local record's word. "
+            "A file that cannot be sent (unreadable, special, a name or size the server "
+            "refuses, changed while sent) is reported on stderr and the others go on. Exit "
+            "status: 0 when every file is on the server, 1 when any was not (or another "
+            "failure), 2 for bad arguments, 130 when interrupted."
         ),
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to send")
@@ -75,9 +76,9 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
         "--window",
         type=int,
         default=DEFAULT_WINDOW,
-        help=f"chunks in flight at once (default {DEFAULT_WINDOW}); sent chunks are not kept in memory",
+        metavar="N",
+        help=f"chunks in flight at once (default {DEFAULT_WINDOW}); memory is about N x SIZE",
     )
-    parser.add_argument("--name", help="remote name of a single file (default: its file name)")
     parser.add_argument(
         "--parallel",
         type=int,
@@ -85,13 +86,31 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="tus servers that offer concatenation: send each file as N partial uploads at once",
     )
+    parser.add_argument(
+        "--name", metavar="NAME", help="remote name of a single file (default: its file name)"
+    )
     add_token_option(parser)
     parser.add_argument(
         "--restart",
         action="store_true",
         help="start over: drop earlier partial transfers of these files, here and on the server",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files that already exist on the server (default: refuse them)",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="files sent earlier: have the server re-hash them, not only check they are unchanged",
+    )
+    parser.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="exit 0 even if some files could not be sent (they are still reported on stderr)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_retry_options(parser)
     add_connection_options(parser)
@@ -108,7 +127,9 @@ def _add_cancel(subparsers: argparse._SubParsersAction) -> None:
             "as cancelled until `resume gc`."
         ),
     )
-    parser.add_argument("file_id", metavar="FILE_ID")
+    parser.add_argument(
+        "file_id", metavar="FILE_ID", help="the transfer (a unique prefix is enough)"
+    )
     add_db_option(parser)
     add_token_option(parser)
     parser.add_argument(
@@ -123,8 +144,12 @@ def _add_cancel(subparsers: argparse._SubParsersAction) -> None:
 def _add_gc(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "gc",
-        help="forget completed and cancelled transfers",
-        description="Delete records of completed and cancelled transfers from the state store.",
+        help="forget finished transfers and stale stream outboxes",
+        description=(
+            "Delete records of completed and cancelled transfers (with --failed, failed ones "
+            "too) from the state store. --outbox drops what a durable stream producer left "
+            "unsent: those messages are never sent."
+        ),
     )
     add_db_option(parser)
     parser.add_argument(
@@ -132,6 +157,15 @@ def _add_gc(subparsers: argparse._SubParsersAction) -> None:
         default="7d",
         metavar="AGE",
         help="only those last changed longer ago than this (default 7d; 0 = all)",
+    )
+    parser.add_argument(
+        "--failed", action="store_true", help="failed transfers too (they cannot be resumed then)"
+    )
+    parser.add_argument(
+        "--outbox",
+        metavar="ID",
+        action="append",
+        help="drop the stream outbox of producer ID (repeatable); its unsent messages are lost",
     )
     parser.set_defaults(run=run_gc)
 
@@ -157,6 +191,8 @@ def options_from(args: argparse.Namespace) -> UploadOptions:
         chunk_size=chunk_size,
         window=args.window,
         restart=args.restart,
+        overwrite=args.overwrite,
+        verify=args.verify,
         connect=ConnectOptions(
             token=args.token or None,
             max_size=64 * 2**20,
@@ -169,12 +205,10 @@ def options_from(args: argparse.Namespace) -> UploadOptions:
 
 
 def run_upload(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from resume.cli.progress import ProgressReporter
     from resume.protocol.tus import is_tus_url
     from resume.store import open_store
-    from resume.transfer.plan import collect_jobs
+    from resume.transfer.plan import collect_jobs, upload_url
     from resume.transfer.upload import Uploader
 
     options = options_from(args)
@@ -185,59 +219,60 @@ def run_upload(args: argparse.Namespace) -> int:
         tus_options = TusOptions(parallel=args.parallel)
     elif args.parallel != 1:
         raise UsageError("--parallel works with tus servers (http:// or https:// URLs)")
-    jobs = collect_jobs([Path(p) for p in args.paths], name=args.name)
-    show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
-    console = Console(stderr=True)
+    else:
+        upload_url(args.url)  # a bad URL is a usage error before anything is read or written
+    skipped: list[Skipped] = []
+    jobs = collect_jobs(args.paths, name=args.name, on_skip=skipped.append)
+    live = not args.no_progress and not args.json and sys.stderr.isatty()
+    reporter = ProgressReporter(sys.stderr, jobs, live=live)
+    for item in skipped:
+        reporter.skip(item)
     started = time.monotonic()
     results: list[FileResult] = []
     error: ResumeError | None = None
     with open_store(args.db) as store:
-        reporter = ProgressReporter(console, jobs, enabled=show_progress)
         uploader: Uploader | TusUploader = (
             TusUploader(store, args.url, options, tus_options, progress=reporter)
             if tus_options is not None
             else Uploader(store, args.url, options, progress=reporter)
         )
         try:
-            with reporter:
-                results = asyncio.run(_run_with_signals(uploader, jobs, console))
+            results = asyncio.run(_run_with_signals(uploader, jobs, reporter))
         except ResumeError as exc:
             error = exc
+        finally:
+            reporter.close()
     elapsed = time.monotonic() - started
     if args.json:
-        print(json.dumps(summary(results, jobs, elapsed, error), indent=2), flush=True)
-    elif error is None and not show_progress:
-        sent = sum(r.bytes_sent for r in results)
-        # A tus server verifies at most each PATCH (checksum extension), not the whole file.
-        where = "uploaded to the tus server" if tus_options else "verified on the server"
-        console.print(
-            f"{len(results)} file(s) {where}; sent {format_bytes(sent)} in {elapsed:.1f}s"
-        )
+        print(json.dumps(summary(results, skipped, elapsed, error), indent=2), flush=True)
+    elif error is None:
+        print(reporter.summary(elapsed), file=sys.stderr, flush=True)
     if isinstance(error, Interrupted):
-        console.print(f"resume: {error}")
+        print(f"resume: {error}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     if error is not None:
         raise error
-    return 0
+    not_sent = len(skipped) + sum(r.state == "failed" for r in results)
+    return 1 if not_sent and not args.skip_errors else 0
 
 
 async def _run_with_signals(
-    uploader: Uploader | TusUploader, jobs: list[FileJob], console: Console
+    uploader: Uploader | TusUploader, jobs: list[FileJob], reporter: ProgressReporter
 ) -> list[FileResult]:
     loop = asyncio.get_running_loop()
     interrupts = 0
 
-    def on_interrupt() -> None:
+    def on_signal(name: str) -> None:
         nonlocal interrupts
         interrupts += 1
         if interrupts > 1:
             # Safe at any instant: every chunk is PREPARED before it leaves, COMMITTED after.
             os._exit(EXIT_INTERRUPTED)
-        console.print("stopping: waiting for chunks in flight (Ctrl-C again to quit at once)")
+        reporter.line(f"resume: {name}: stopping (again to quit at once)")
         uploader.stop()
 
-    loop.add_signal_handler(signal.SIGINT, on_interrupt)
-    loop.add_signal_handler(signal.SIGTERM, on_interrupt)
+    loop.add_signal_handler(signal.SIGINT, on_signal, "interrupted")
+    loop.add_signal_handler(signal.SIGTERM, on_signal, "terminated")
     try:
         return await uploader.run(jobs)
     finally:
@@ -246,11 +281,15 @@ async def _run_with_signals(
 
 
 def summary(
-    results: list[FileResult], jobs: list[FileJob], elapsed: float, error: ResumeError | None
+    results: list[FileResult],
+    skipped: list[Skipped],
+    elapsed: float,
+    error: ResumeError | None,
 ) -> dict[str, Any]:
     """The ``--json`` output."""
+    failed = [r for r in results if r.state == "failed"]
     return {
-        "ok": error is None,
+        "ok": error is None and not failed and not skipped,
         "error": str(error) if error else None,
         "interrupted": isinstance(error, Interrupted),
         "elapsed_s": round(elapsed, 3),
@@ -265,9 +304,11 @@ def summary(
                 "checksum": r.checksum,
                 "resumed_from": r.resumed_from,
                 "bytes_sent": r.bytes_sent,
+                "error": r.error,
             }
             for r in results
         ],
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped],
     }
 
 
@@ -278,7 +319,7 @@ def run_cancel(args: argparse.Namespace) -> int:
     from resume.net.connector import ConnectOptions
     from resume.protocol.tus import is_tus_url
     from resume.store import open_store
-    from resume.store.models import TransferState
+    from resume.store.states import TransferState
     from resume.transfer.remote import cancel_on_server
 
     with open_store(args.db) as store:
@@ -290,6 +331,12 @@ def run_cancel(args: argparse.Namespace) -> int:
         record = matches[0]
         if record.state is TransferState.COMPLETED:
             raise UsageError(f"transfer {record.file_id[:8]} is already completed")
+        holder = store.transfers.holder(record.file_id)
+        if holder is not None:
+            raise UsageError(
+                f"transfer {record.file_id[:8]} ({record.name}) is being sent by pid "
+                f"{holder.pid}; stop that upload first"
+            )
         if not args.local and is_tus_url(record.url):
             from resume.transfer.tus_client import cancel_upload, upload_urls
 
@@ -309,20 +356,33 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     from resume.store import open_store
-    from resume.store.models import TransferState, utcnow
+    from resume.store.states import TransferState, utcnow
 
     try:
         age = parse_duration(args.older_than)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     cutoff = utcnow() - dt.timedelta(seconds=age)
+    states = {TransferState.COMPLETED, TransferState.CANCELLED}
+    if args.failed:
+        states.add(TransferState.FAILED)
     with open_store(args.db) as store:
         finished = [
             s.transfer.file_id
             for s in store.transfers.summaries()
-            if s.transfer.state in (TransferState.COMPLETED, TransferState.CANCELLED)
-            and s.transfer.timestamp <= cutoff
+            if s.transfer.state in states and s.transfer.timestamp <= cutoff
         ]
         removed = store.transfers.delete(finished)
-    print(f"forgot {removed} finished transfer(s)")
+        dropped = 0
+        for client_id in args.outbox or []:
+            count = store.stream_client.drop_outbox(client_id)
+            if count is None:
+                raise UsageError(
+                    f"no stream outbox for producer {client_id!r} (see `resume status --streams`)"
+                )
+            dropped += count
+    what = "finished or failed" if args.failed else "finished"
+    print(f"forgot {removed} {what} transfer(s)")
+    if args.outbox:
+        print(f"dropped {len(args.outbox)} outbox(es) with {dropped} unsent message(s)")
     return 0

@@ -7,8 +7,11 @@ This module is the single boundary where `websockets` and socket exceptions beco
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import errno
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -113,8 +116,17 @@ def translate(exc: BaseException) -> ResumeError | None:
         return ConnectTimeout(f"timed out: {exc}" if str(exc) else "timed out")
     if isinstance(exc, EOFError | asyncio.IncompleteReadError):
         return ConnectionLost(f"connection lost: {exc}")
-    if isinstance(exc, OSError):
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(f"cannot resolve the server's name: {exc.strerror or exc}")
+    if isinstance(exc, OSError) and (
+        exc.errno in NETWORK_ERRNOS
+        or isinstance(exc, ssl.SSLError | ConnectionError)
+        # asyncio's connect to several addresses (::1 and 127.0.0.1) failing differently
+        or (exc.errno is None and str(exc).startswith("Multiple exceptions"))
+    ):
         return ConnectError(f"cannot connect: {exc.strerror or exc}")
+    # Any other OSError (a local file, a permission) is not a connection problem: a bug here,
+    # re-raised, never retried as "cannot connect".
     return None
 
 
@@ -126,7 +138,7 @@ def _tls_error(exc: BaseException) -> ResumeError | None:
     Only a TLS connection cut mid-handshake (``SSLEOFError``, ``SSLZeroReturnError``) is a
     dropped connection like any other, and retried.
     """
-    error = exc if isinstance(exc, ssl.SSLError) else None
+    error: BaseException | None = exc if isinstance(exc, ssl.SSLError) else None
     if isinstance(exc, InvalidHandshake):  # e.g. the server's alert arrived with its answer
         error = exc.__cause__
     if not isinstance(error, ssl.SSLError):
@@ -144,6 +156,18 @@ def _tls_error(exc: BaseException) -> ResumeError | None:
     return Rejected(f"TLS handshake failed: {reason}")
 
 
+# errno values that mean the network or the peer, not this machine's files.
+NETWORK_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH",
+        "ENETUNREACH", "ENETDOWN", "ENETRESET", "EHOSTDOWN", "EADDRNOTAVAIL", "ENOTCONN",
+        "ESHUTDOWN", "EPROTO", "ENOBUFS",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+
+
 async def open_connection(
     url: str, options: ConnectOptions, extra_headers: Mapping[str, str] | None = None
 ) -> ClientConnection:
@@ -152,6 +176,10 @@ async def open_connection(
     headers.update(extra_headers or {})
     if options.token:
         headers["Authorization"] = f"Bearer {options.token}"
+    # ssl only for wss:// (websockets refuses it with ws://); typed loosely for **.
+    tls: dict[str, Any] = (
+        {"ssl": options.ssl} if options.ssl is not None and url.startswith("wss:") else {}
+    )
     try:
         return await connect(
             url,
@@ -160,7 +188,7 @@ async def open_connection(
             user_agent_header=f"resume/{__version__}",
             compression=None,  # chunks are incompressible; small messages gain little
             proxy=True if options.use_env_proxy else None,
-            **({"ssl": options.ssl} if options.ssl is not None and url.startswith("wss:") else {}),
+            **tls,
             open_timeout=options.open_timeout,
             ping_interval=options.ping_interval,
             ping_timeout=options.ping_timeout,
@@ -249,12 +277,13 @@ class Reconnector:
     async def run(self, session: Callable[[ClientConnection], Awaitable[T]]) -> T:
         """Run ``session`` over a connection, reconnecting on retryable errors."""
         while True:
+            began = self.clock()
             url = await _resolve(self.url)
             try:
                 extra = await _resolve(self.headers) if self.headers else None
-                connection = await open_connection(url, self.options, extra)
+                connection = await open_connection(url, self._attempt_options(began), extra)
             except ResumeError as error:
-                await self._after_failure(url, error)
+                await self._after_failure(url, error, began=began)
                 continue
             self._up_since = None if self.app_handshake else self.clock()
             self.stats.connects += 1
@@ -264,17 +293,17 @@ class Reconnector:
             try:
                 result = await session(connection)
             except Exception as exc:
-                error = translate(exc)
-                if error is None:
+                lost = translate(exc)
+                if lost is None:
                     await _abort(connection)
                     raise
-                self._emit(ConnectionEvent("disconnected", self._attempt, url, error))
+                self._emit(ConnectionEvent("disconnected", self._attempt, url, lost))
                 up_since = self._up_since
                 if up_since is not None and self.clock() - up_since >= self.backoff.min_uptime:
                     self._attempt = 0  # it was a real connection: start the delays over
                     self._failing_since = None
                 await _abort(connection)
-                await self._after_failure(url, error, cause=exc)
+                await self._after_failure(url, lost, cause=exc)
                 continue
             except BaseException:
                 await _abort(connection)
@@ -288,24 +317,46 @@ class Reconnector:
         """The session completed its own handshake: the connection counts as up from now."""
         self._up_since = self.clock()
 
+    def _attempt_options(self, began: float) -> ConnectOptions:
+        """The options of one attempt: its open timeout ends with ``give_up_after``."""
+        if self.give_up_after is None:
+            return self.options
+        start = began if self._failing_since is None else self._failing_since
+        left = max(0.001, start + self.give_up_after - began)
+        if left >= self.options.open_timeout:
+            return self.options
+        return dataclasses.replace(self.options, open_timeout=left)
+
     async def _after_failure(
-        self, url: str, error: ResumeError, cause: BaseException | None = None
+        self,
+        url: str,
+        error: ResumeError,
+        cause: BaseException | None = None,
+        *,
+        began: float | None = None,
     ) -> None:
-        """Raise if ``error`` is fatal or a limit is reached; otherwise sleep the next delay."""
+        """Raise if ``error`` is fatal or a limit is reached; otherwise sleep the next delay.
+
+        ``give_up_after`` counts from the start of the first failed attempt (``began``), so
+        the time spent in open attempts is included.
+        """
         self.stats.failures += 1
         now = self.clock()
         if self._failing_since is None:
-            self._failing_since = now
+            self._failing_since = now if began is None else began
         out_of_attempts = self.max_attempts is not None and self._attempt + 1 >= self.max_attempts
-        out_of_time = (
-            self.give_up_after is not None and now - self._failing_since >= self.give_up_after
+        left = (
+            None if self.give_up_after is None else self._failing_since + self.give_up_after - now
         )
+        out_of_time = left is not None and left <= 0
         if classify(error) is Verdict.FATAL or out_of_attempts or out_of_time:
             self._emit(ConnectionEvent("gave_up", self._attempt, url, error))
             if cause is not None and cause is not error:
                 raise error from cause
             raise error
         delay = self.backoff.delay(self._attempt, self.rng)
+        if left is not None:
+            delay = min(delay, left)  # then one last attempt, with what time is left
         self._emit(ConnectionEvent("retrying", self._attempt, url, error, delay))
         log.info("%s: %s; retrying in %.2fs (attempt %d)", url, error, delay, self._attempt + 1)
         self._attempt += 1

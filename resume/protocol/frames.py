@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from resume.errors import ProtocolError
 
 SUBPROTOCOL = "resume.v1"
+# A stream channel's name, the last part of ws://HOST:PORT/streams/NAME (checked by both ends).
+CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+STREAMS_PREFIX = "/streams/"
 
 
 class CloseCode(enum.IntEnum):
@@ -56,6 +60,24 @@ def decode(data: str | bytes) -> dict[str, Any]:
     return message
 
 
+def channel_problem(url: str) -> str | None:
+    """Why ``url`` is not a stream channel URL a server accepts, or None if it is."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("ws", "wss") or not rest:
+        return "expected ws://HOST:PORT/streams/NAME"
+    _, slash, path = rest.partition("/")
+    path = (slash + path).split("?", 1)[0]
+    if not path.startswith(STREAMS_PREFIX):
+        return "expected ws://HOST:PORT/streams/NAME"
+    name = path[len(STREAMS_PREFIX) :]
+    if not CHANNEL_NAME.match(name):
+        return (
+            f"bad channel name {name!r}: 1-128 letters, digits, '.', '_' or '-', starting with "
+            "a letter or digit"
+        )
+    return None
+
+
 def field(message: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     """``message[name]``, checked to be of ``kind``; raise :class:`ProtocolError` if not.
 
@@ -79,10 +101,10 @@ def is_seq(value: Any, *, minimum: int = 0) -> bool:
 
 def seq_field(message: Mapping[str, Any], name: str, *, minimum: int = 0) -> int:
     """``message[name]``, checked to be a seq; raise :class:`ProtocolError` (1002) if not."""
-    value = message.get(name)
+    value: Any = message.get(name)
     if not is_seq(value, minimum=minimum):
         raise ProtocolError(
             f"{message.get('type')!r}: {name!r} must be an integer >= {minimum}, got {value!r}",
             close_code=CloseCode.PROTOCOL_ERROR,
         )
-    return value
+    return int(value)

@@ -212,6 +212,7 @@ class Ledger:
         target = TRANSITIONS.get((current, event))
         if target is None:
             self._fail(f"chunk {index}: cannot {event} a {current} chunk")
+            return  # not reached: _fail raises
         if target is ChunkState.PENDING:
             self._states.pop(index, None)
         else:

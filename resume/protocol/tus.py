@@ -191,7 +191,9 @@ def creation_headers(
     return headers
 
 
-def final_headers(part_urls: Iterable[str], metadata: Mapping[str, str] | None = None) -> dict:
+def final_headers(
+    part_urls: Iterable[str], metadata: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Headers of the ``POST`` that concatenates finished partial uploads into the file."""
     headers = {"Upload-Concat": "final;" + " ".join(part_urls)}
     if metadata:

@@ -49,10 +49,27 @@ class ErrorCode(enum.StrEnum):
     CHECKSUM_MISMATCH = "checksum_mismatch"  # the whole file does not hash to what was sent
     DISK_FULL = "disk_full"  # no space left on the server
     STORAGE = "storage"  # another I/O error on the server
-    EXISTS = "exists"  # a file is at the destination and overwrite was not asked for
+    EXISTS = "exists"  # the destination exists and overwrite was not asked
     NAME_IN_USE = "name_in_use"  # another unfinished upload owns that name
     FORBIDDEN = "forbidden"  # the bearer's token does not allow that name
-    LIMIT = "limit"  # a per-connection limit: unfinished files, reserved bytes
+    LIMIT = "limit"  # a per-connection resource limit
+
+
+# Refusals of one file: the client fails that file and goes on with the others. Any other
+# code ends the run (disk_full, storage: the server cannot store anything).
+FILE_ERROR_CODES = frozenset(
+    {
+        ErrorCode.BAD_NAME,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.MISMATCH,
+        ErrorCode.INCOMPLETE,
+        ErrorCode.CHECKSUM_MISMATCH,
+        ErrorCode.EXISTS,
+        ErrorCode.NAME_IN_USE,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.LIMIT,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +178,7 @@ class Begin:
             "size": self.size,
             "chunk_size": self.chunk_size,
         }
+        # Only when set: a server from before these fields sees the same begin as before.
         if self.overwrite:
             message["overwrite"] = True
         if self.verify:

@@ -1,38 +1,78 @@
 """The state store: SQLAlchemy models, migrations and repositories over one database.
 
 Open it with :func:`open_store`; it is migrated to the newest schema on open.
+
+The client's transfer records (:attr:`Store.transfers`) on a SQLite file go through the
+standard library's ``sqlite3``; SQLAlchemy is imported only when something else is used
+(the server's and the stream client's repositories, :attr:`Store.engine`, a migration, a
+non-SQLite database). That keeps ``resume upload`` of a small file quick.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-
-from resume.store import migrate
-from resume.store.engine import make_engine, resolve_url, sqlite_path
-from resume.store.errors import store_errors
-from resume.store.received import ReceivedRepository
-from resume.store.stream_client import StreamClientRepository
-from resume.store.stream_log import StreamLogRepository
+from resume.store.engine import resolve_url, sqlite_path
+from resume.store.sql import Database, EngineDatabase, SqliteDatabase
 from resume.store.transfers import TransferRepository
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
-@dataclass
+    from resume.store.received import ReceivedRepository
+    from resume.store.stream_client import StreamClientRepository
+    from resume.store.stream_log import StreamLogRepository
+
+
 class Store:
     """An open state database and the repositories over it."""
 
-    url: str
-    engine: Engine
-    transfers: TransferRepository
-    received: ReceivedRepository
-    streams: StreamLogRepository
-    stream_client: StreamClientRepository
+    def __init__(
+        self, url: str, db: Database, *, durable: bool = False, readonly: bool = False
+    ) -> None:
+        self.url = url
+        self.db = db
+        self.durable = durable
+        self.readonly = readonly
+        self.transfers = TransferRepository(db)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (created on first use)."""
+        if isinstance(self.db, EngineDatabase):
+            return self.db.engine
+        from resume.store.engine import make_engine
+
+        return make_engine(self.url, durable=self.durable, readonly=self.readonly)
+
+    @cached_property
+    def received(self) -> ReceivedRepository:
+        """The server's records of incoming files."""
+        from resume.store.received import ReceivedRepository
+
+        return ReceivedRepository(self.engine)
+
+    @cached_property
+    def streams(self) -> StreamLogRepository:
+        """The server's stream logs."""
+        from resume.store.stream_log import StreamLogRepository
+
+        return StreamLogRepository(self.engine)
+
+    @cached_property
+    def stream_client(self) -> StreamClientRepository:
+        """The stream client's outboxes and consumer positions."""
+        from resume.store.stream_client import StreamClientRepository
+
+        return StreamClientRepository(self.engine)
 
     def close(self) -> None:
         """Release every connection."""
-        self.engine.dispose()
+        self.db.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -47,25 +87,28 @@ def open_store(
     """Open (creating and migrating as needed) the state database.
 
     ``db`` is a SQLAlchemy URL or a file path; by default ``$RESUME_DB``, else
-    ``$XDG_STATE_HOME/resume/state.db``. See :func:`resume.store.engine.make_engine` for
-    ``durable`` and ``readonly``.
+    ``$XDG_STATE_HOME/resume/state.db``. ``durable`` (``synchronous=FULL``) is for a store
+    whose commits are promises to a peer; ``readonly`` readers never wait for the write lock
+    (see :func:`resume.store.engine.make_engine`).
     """
+    from resume.store import migrate
+
     url = resolve_url(db)
-    engine = make_engine(url, durable=durable, readonly=readonly)
+    path = sqlite_path(url)
+    database: Database
+    if path is not None:
+        database = SqliteDatabase(path, durable=durable, readonly=readonly)
+    else:
+        from resume.store.engine import make_engine
+
+        database = EngineDatabase(make_engine(url, durable=durable, readonly=readonly))
+    store = Store(url, database, durable=durable, readonly=readonly)
     try:
-        with store_errors():
-            migrate.upgrade(engine)
+        migrate.ensure_head(store)
     except BaseException:
-        engine.dispose()
+        store.close()
         raise
-    return Store(
-        url=url,
-        engine=engine,
-        transfers=TransferRepository(engine),
-        received=ReceivedRepository(engine),
-        streams=StreamLogRepository(engine),
-        stream_client=StreamClientRepository(engine),
-    )
+    return store
 
 
 def store_exists(db: str | os.PathLike[str] | None = None) -> bool:

@@ -1,19 +1,33 @@
-"""Where the state database lives and how connections to it are configured."""
+"""Where the state database lives and how connections to it are configured.
+
+SQLAlchemy is imported only by :func:`make_engine`: finding the database and opening a SQLite
+file for the client's records (:mod:`resume.store.sql`) must not pay for it.
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from pathlib import Path
-
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from typing import TYPE_CHECKING
 
 from resume.errors import UsageError
+from resume.store.sql import BUSY_TIMEOUT_MS, enable_wal
 
-BUSY_TIMEOUT_MS = 10_000
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+# Drivers SQLAlchemy may ask for, and what to install to get them.
+DRIVER_PACKAGES = {
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "'psycopg[binary]'",
+    "asyncpg": "asyncpg",
+    "pymysql": "pymysql",
+    "MySQLdb": "mysqlclient",
+    "pg8000": "pg8000",
+    "oracledb": "oracledb",
+    "pyodbc": "pyodbc",
+}
 
 
 def default_state_path() -> Path:
@@ -28,16 +42,37 @@ def resolve_url(db: str | os.PathLike[str] | None = None) -> str:
     if not value:
         return f"sqlite:///{default_state_path()}"
     if "://" in value:
-        try:
-            make_url(value)
-        except ArgumentError as exc:
-            raise UsageError(f"not a database URL: {value!r}") from exc
+        if _plain_sqlite_file(value) is None and value != "sqlite://":
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(value)
+            except ArgumentError as exc:
+                raise UsageError(f"not a database URL: {value!r}") from exc
         return value
     return f"sqlite:///{Path(value).expanduser().absolute()}"
 
 
+def _plain_sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` URL without options, else None (parsed without
+    SQLAlchemy, which is only needed for the other forms)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or "?" in url or len(url) == len(prefix):
+        return None
+    rest = url[len(prefix) :]
+    return None if rest == ":memory:" else Path(rest)
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL, or None for in-memory and non-SQLite databases."""
+    plain = _plain_sqlite_file(url)
+    if plain is not None:
+        return plain
+    if url == "sqlite://" or not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -54,11 +89,21 @@ def make_engine(url: str, *, durable: bool = False, readonly: bool = False) -> E
     peer repairs. ``readonly=True`` begins transactions without taking the write lock, for
     readers such as ``resume status`` that must not wait behind a running upload.
     """
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = create_engine(url, connect_args=_connect_args(url))
+    except ModuleNotFoundError as exc:
+        package = DRIVER_PACKAGES.get((exc.name or "").split(".")[0], exc.name)
+        raise UsageError(
+            f"cannot use database URL {url!r}: its driver {exc.name!r} is not installed "
+            f"(pip install {package})"
+        ) from exc
     except (ArgumentError, NoSuchModuleError) as exc:
         raise UsageError(f"cannot use database URL {url!r}: {exc}") from exc
     if make_url(url).get_backend_name() == "sqlite":
@@ -71,12 +116,14 @@ def make_engine(url: str, *, durable: bool = False, readonly: bool = False) -> E
 
 
 def _connect_args(url: str) -> dict[str, object]:
-    if make_url(url).get_backend_name() == "sqlite":
+    if url.startswith("sqlite"):
         return {"timeout": BUSY_TIMEOUT_MS / 1000}
     return {}
 
 
 def _configure_sqlite(engine: Engine, *, synchronous: str, begin: str) -> None:
+    from sqlalchemy import event
+
     # pysqlite's own transaction handling does not BEGIN before DDL and begins lazily, so two
     # processes can race on a migration or fail a read-then-write upgrade with SQLITE_BUSY.
     # Take over: autocommit at the driver level, and an explicit BEGIN IMMEDIATE per
@@ -86,7 +133,7 @@ def _configure_sqlite(engine: Engine, *, synchronous: str, begin: str) -> None:
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        _enable_wal(cursor)
+        enable_wal(cursor)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -95,20 +142,3 @@ def _configure_sqlite(engine: Engine, *, synchronous: str, begin: str) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: object) -> None:
         connection.exec_driver_sql(begin)  # type: ignore[attr-defined]
-
-
-def _enable_wal(cursor: sqlite3.Cursor) -> None:
-    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock.
-
-    Switching a new database to WAL takes an exclusive lock, and SQLite answers "database is
-    locked" at once (without its busy handler) when another connection is opening it too.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)

@@ -10,7 +10,6 @@ Column names stay dialect-neutral so the same models run on PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 
 from sqlalchemy import (
     BigInteger,
@@ -26,6 +25,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# Defined without SQLAlchemy (the client's quick path needs them), re-exported here.
+from resume.store.states import ReceiveState as ReceiveState
+from resume.store.states import TransferState as TransferState
+from resume.store.states import utcnow as utcnow
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -35,32 +39,8 @@ NAMING = {
 }
 
 
-def utcnow() -> dt.datetime:
-    """The current time as naive UTC, the form every timestamp column stores."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-
-
-class TransferState(enum.StrEnum):
-    """Life of a transfer as a whole."""
-
-    PENDING = "pending"  # recorded, nothing sent yet
-    ACTIVE = "active"  # an upload run is (or was, until it crashed) sending it
-    COMPLETED = "completed"  # every chunk committed and the server verified the whole file
-    FAILED = "failed"  # stopped on a fatal error; `last_error` says why
-    CANCELLED = "cancelled"  # the user cancelled it; the server dropped the partial
-
-
-class ReceiveState(enum.StrEnum):
-    """Server side: life of a file being received."""
-
-    RECEIVING = "receiving"  # chunks arriving; data under <root>/.resume/partial/
-    PUBLISHING = "publishing"  # verified; about to be renamed (a restart finishes the rename)
-    COMPLETED = "completed"  # verified and renamed to its final name
-    CANCELLED = "cancelled"  # the client cancelled it; the partial is gone
 
 
 class Transfer(Base):
@@ -71,7 +51,10 @@ class Transfer(Base):
     file_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     source_path: Mapped[str] = mapped_column(Text)
     name: Mapped[str] = mapped_column(Text)  # remote name, relative to the server root
-    url: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)  # the server as the user spelled it
+    # The server as (scheme, resolved host, port, path): ws://localhost:P and ws://127.0.0.1:P/
+    # are one server. Null for records written before 0006 (matched by ``url`` then).
+    server: Mapped[str | None] = mapped_column(Text)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     inode: Mapped[int] = mapped_column(BigInteger)
@@ -87,7 +70,28 @@ class Transfer(Base):
     # WebSocket transfers); a --parallel upload's partial uploads are in ``tus_parts``.
     upload_url: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index(None, "source_path", "url", "name"),)
+    __table_args__ = (
+        Index(None, "source_path", "url", "name"),
+        Index(None, "source_path", "server", "name"),
+    )
+
+
+class TransferLock(Base):
+    """Which process is uploading one file to one server under one name right now.
+
+    Taken before the transfer is planned, removed when the run ends. A row left by a process
+    that died (pid gone, or reused by another process: the start time differs) is stale and
+    is taken over; ``resume status`` shows such a transfer as ``interrupted``.
+    """
+
+    __tablename__ = "transfer_locks"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # xxh3-128 of the identity
+    file_id: Mapped[str | None] = mapped_column(String(32), index=True)  # once planned
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    started: Mapped[str] = mapped_column(String(32))  # the process's start time, from /proc
+    since: Mapped[dt.datetime] = mapped_column(DateTime)
 
 
 class Chunk(Base):

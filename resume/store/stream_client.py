@@ -288,3 +288,25 @@ class StreamClientRepository:
             conn.execute(
                 delete(CURSORS).where(CURSORS.c.consumer == consumer, CURSORS.c.channel == channel)
             )
+
+    def drop_outbox(self, client_id: str) -> int | None:
+        """Give up the unsent messages of producer ``client_id`` on every channel.
+
+        Returns how many were dropped, None if there is no such producer. The seq counter
+        stays (seqs are never reused); it counts the dropped messages as settled.
+        """
+        with store_errors(), self.engine.begin() as conn:
+            known = conn.execute(
+                select(func.count())
+                .select_from(SEQUENCES)
+                .where(SEQUENCES.c.client_id == client_id)
+            ).scalar()
+            if not known:
+                return None
+            dropped = conn.execute(delete(OUTBOX).where(OUTBOX.c.client_id == client_id)).rowcount
+            conn.execute(
+                update(SEQUENCES)
+                .where(SEQUENCES.c.client_id == client_id)
+                .values(acked_seq=SEQUENCES.c.last_seq, timestamp=utcnow())
+            )
+        return int(dropped)

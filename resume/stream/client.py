@@ -40,9 +40,11 @@ from resume.errors import (
     ProtocolError,
     ResumeError,
     UsageError,
+    WaitTimeout,
 )
 from resume.net.connector import ConnectionEvent, HeadersFactory, Reconnector, UrlFactory
 from resume.protocol import frames
+from resume.protocol.frames import channel_problem
 from resume.protocol.session import ClientSession, Gap, Message, Received, SessionState, Start
 from resume.store import Store
 from resume.stream.inbound import Inbound
@@ -101,6 +103,15 @@ class StreamClient:
             )
         if start not in ("start", "end"):
             raise UsageError(f"start must be 'start' or 'end', got {start!r}")
+        if consumer is not None and store is None:
+            raise UsageError(
+                "a consumer name keeps its position in a store: pass store=open_store(...), or "
+                "omit consumer= to read without a stored position"
+            )
+        if isinstance(url, str):
+            problem = channel_problem(url)
+            if problem:
+                raise UsageError(f"not a channel URL: {url!r} ({problem})")
         self.url = url
         if key is None and not isinstance(url, str):
             raise UsageError("with a URL factory, give key= (the name of this stream's state)")
@@ -240,7 +251,14 @@ class StreamClient:
     async def ready(self, timeout: float | None = None) -> None:
         """Wait until the server has welcomed this client once; raises its fatal error."""
         self._usable_session()
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise WaitTimeout(
+                f"no welcome from the server at {self.key} within {timeout:g}s "
+                f"({self.stats.connects} connection(s) made, {self._reconnector.stats.failures} "
+                "failed)"
+            ) from None
         self._raise_if_failed()
 
     @property
@@ -270,8 +288,13 @@ class StreamClient:
         return await self._outbound.send_many(items)
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until the server confirmed every message sent so far."""
+        """Wait until the server confirmed every message sent so far (:class:`WaitTimeout`
+        after ``timeout`` seconds)."""
         await self._outbound.flush(timeout)
+
+    def check_message(self, data: Any) -> None:
+        """Raise :class:`UsageError` if ``data`` cannot be sent (not JSON, NaN, too large)."""
+        self._outbound.encode(data)
 
     # -- receiving -------------------------------------------------------------------------------
 

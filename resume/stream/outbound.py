@@ -25,7 +25,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from resume.errors import ClientIdConflict, UsageError
+from resume.errors import ClientIdConflict, UsageError, WaitTimeout
 from resume.protocol.session import ClientSession
 from resume.store import Store
 from resume.store.stream_client import Outbox
@@ -131,11 +131,17 @@ class Outbound:
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until the server confirmed every message accepted so far."""
         session = self._usable()
-        async with self.space:
-            await asyncio.wait_for(
-                self.space.wait_for(lambda: session.unacked == 0 or self.failed() is not None),
-                timeout,
-            )
+        try:
+            async with self.space:
+                await asyncio.wait_for(
+                    self.space.wait_for(lambda: session.unacked == 0 or self.failed() is not None),
+                    timeout,
+                )
+        except TimeoutError:
+            raise WaitTimeout(
+                f"the server at {self.key} did not confirm {session.unacked} message(s) "
+                f"within {timeout:g}s"
+            ) from None
         self._raise_if_failed()
 
     async def confirmed(self, session: ClientSession, count: int) -> None:
@@ -157,7 +163,8 @@ class Outbound:
     def encode(self, data: Any) -> tuple[str, int]:
         """The message as compact JSON, and its size in UTF-8 bytes (checked against the limit)."""
         try:
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            # allow_nan=False: NaN and Infinity are not JSON; a peer's parser may refuse them.
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"message is not JSON-serializable: {exc}") from exc
         size = len(text.encode())

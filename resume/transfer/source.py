@@ -1,18 +1,23 @@
-"""Reading a local file as chunks: large reads with aiofiles, xxhash checksums, fingerprints."""
+"""Reading a local file as chunks: large positioned reads, xxhash checksums, fingerprints.
+
+This is the boundary where errors of the local source file become :mod:`resume.errors`:
+:class:`SourceError` (cannot read it: permission, I/O error, gone) and :class:`SourceChanged`
+(it is not the file the transfer began with). Neither is ever retried as a network problem.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import aiofiles
 import xxhash
-from aiofiles.threadpool.binary import AsyncBufferedReader
 
-from resume.errors import SourceChanged, UsageError
+from resume.errors import SourceChanged, SourceError
 from resume.protocol.geometry import ChunkSpec
 
 CHUNK_ALGO = "xxh3-64"
@@ -23,6 +28,14 @@ HASH_BUFFER = 8 * 1024 * 1024
 def chunk_checksum(data: bytes | bytearray | memoryview) -> str:
     """The checksum of one chunk: xxh3-64 as 16 hex digits."""
     return xxhash.xxh3_64_hexdigest(data)
+
+
+def source_error(path: str | os.PathLike[str], exc: OSError, doing: str = "read") -> SourceError:
+    """A local file's OSError as the error users see: it names the file and what failed."""
+    where = os.fspath(path)
+    if isinstance(exc, FileNotFoundError):
+        return SourceError(f"{where}: no such file", path=where)
+    return SourceError(f"{where}: cannot {doing}: {exc.strerror or exc}", path=where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +55,20 @@ class Fingerprint:
         """Fingerprint the file at ``path`` now."""
         try:
             st = os.stat(path)
-        except FileNotFoundError as exc:
-            raise UsageError(f"{os.fspath(path)}: no such file") from exc
         except OSError as exc:
-            raise UsageError(f"{os.fspath(path)}: cannot read: {exc.strerror}") from exc
+            raise source_error(path, exc) from exc
+        return cls.of_stat(st)
+
+    @classmethod
+    def of_stat(cls, st: os.stat_result) -> Fingerprint:
+        """The fingerprint of a stat result."""
         return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
     def check_against(self, path: str | os.PathLike[str], *, restart_hint: str = "") -> None:
         """Raise :class:`SourceChanged` if the file at ``path`` no longer has this fingerprint."""
         try:
             now = Fingerprint.of(path)
-        except UsageError as exc:
+        except SourceError as exc:
             raise SourceChanged(f"{os.fspath(path)} disappeared during its transfer") from exc
         if now != self:
             raise SourceChanged(
@@ -74,22 +90,59 @@ class Fingerprint:
         return ", ".join(names) + " differ"
 
 
-class ChunkSource:
-    """An open file that hands out chunks with their checksums.
+def open_source(path: str | os.PathLike[str]) -> tuple[int, Fingerprint]:
+    """Open a file for reading and fingerprint what was opened: ``(fd, fingerprint)``.
 
-    Use as ``async with ChunkSource(path) as source``. Reads go through aiofiles' thread pool,
-    one read per chunk straight into a fresh buffer.
+    Raises :class:`SourceError` if it cannot be opened or is not a regular file (a FIFO
+    would block, a device never ends).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise source_error(path, exc, "open") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{os.fspath(path)}: not a regular file", path=os.fspath(path))
+        os.set_blocking(fd, True)
+    except OSError as exc:
+        os.close(fd)
+        raise source_error(path, exc) from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, Fingerprint.of_stat(st)
+
+
+class ChunkSource:
+    """An open file that hands out chunks, checked on every read to be the expected file.
+
+    Use as ``async with ChunkSource(path, fingerprint) as source``. Each chunk is one
+    positioned read in a worker thread, straight into a fresh buffer, followed by an
+    ``fstat``: a file whose size or modification time differs from ``fingerprint`` raises
+    :class:`SourceChanged` at the first chunk read after the change, not at ``finish``.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fingerprint: Fingerprint | None = None,
+        *,
+        restart_hint: str = "",
+    ) -> None:
         self.path = Path(path)
-        self._file: AsyncBufferedReader | None = None
+        self.fingerprint = fingerprint
+        self.restart_hint = restart_hint
+        self._fd: int | None = None
 
     async def __aenter__(self) -> Self:
+        fd, now = await asyncio.to_thread(open_source, self.path)
+        self._fd = fd
         try:
-            self._file = await aiofiles.open(self.path, "rb", buffering=0)
-        except OSError as exc:
-            raise UsageError(f"{self.path}: cannot open: {exc.strerror}") from exc
+            self._check(now)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(
@@ -98,37 +151,64 @@ class ChunkSource:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._file is not None:
-            await self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     async def read(self, spec: ChunkSpec, *, prefix: int = 0) -> bytearray:
         """Read chunk ``spec`` into a new buffer, after ``prefix`` spare bytes for a header.
 
-        Raises :class:`SourceChanged` if the file is shorter than the chunk says.
+        Raises :class:`SourceChanged` if the file is shorter than the chunk says or changed,
+        :class:`SourceError` if it cannot be read.
         """
-        assert self._file is not None, "use ChunkSource as an async context manager"
+        assert self._fd is not None, "use ChunkSource as an async context manager"
+        return await asyncio.to_thread(self._read, self._fd, spec, prefix)
+
+    def _read(self, fd: int, spec: ChunkSpec, prefix: int) -> bytearray:
         buffer = bytearray(prefix + spec.length)
         view = memoryview(buffer)[prefix:]
-        await self._file.seek(spec.offset)
         filled = 0
-        while filled < spec.length:
-            n = await self._file.readinto(view[filled:])
-            if not n:
-                raise SourceChanged(
-                    f"{self.path} is shorter than when its transfer began "
-                    f"(chunk {spec.index} ends at {spec.offset + spec.length})"
-                )
-            filled += n
+        try:
+            while filled < spec.length:
+                n = os.preadv(fd, [view[filled:]], spec.offset + filled)
+                if not n:
+                    raise SourceChanged(
+                        f"{self.path} is shorter than when its transfer began "
+                        f"(chunk {spec.index} ends at {spec.offset + spec.length})" + self._hint()
+                    )
+                filled += n
+            now = Fingerprint.of_stat(os.fstat(fd))
+        except OSError as exc:
+            raise source_error(self.path, exc) from exc
+        self._check(now)
         return buffer
+
+    def _check(self, now: Fingerprint) -> None:
+        if self.fingerprint is not None and now != self.fingerprint:
+            raise SourceChanged(
+                f"{self.path} changed while it was being sent "
+                f"({self.fingerprint.differences(now)})" + self._hint()
+            )
+
+    def _hint(self) -> str:
+        return f"; {self.restart_hint}" if self.restart_hint else ""
 
 
 async def file_checksum(path: str | os.PathLike[str], *, buffer_size: int = HASH_BUFFER) -> str:
     """The xxh3-128 of a whole file, read in large buffers: 32 hex digits."""
+    return await asyncio.to_thread(_file_checksum, path, buffer_size)
+
+
+def _file_checksum(path: str | os.PathLike[str], buffer_size: int) -> str:
     hasher = xxhash.xxh3_128()
-    async with aiofiles.open(path, "rb", buffering=0) as f:
+    fd, _ = open_source(path)
+    try:
         buffer = bytearray(buffer_size)
         view = memoryview(buffer)
-        while n := await f.readinto(buffer):
+        while n := os.readv(fd, [buffer]):
             hasher.update(view[:n])
+    except OSError as exc:
+        raise source_error(path, exc) from exc
+    finally:
+        os.close(fd)
     return hasher.hexdigest()

@@ -7,6 +7,15 @@ chunks is kept in flight: each is recorded ``PREPARED`` before its bytes leave a
 ``finish`` carries the whole-file xxh3-128 and the server verifies it before renaming the file
 into place.
 
+A file finished in an earlier run is not trusted from the local record alone: its ``begin`` is
+sent again and the server answers whether the published file is still the one it verified
+(``completed``), or is gone or changed (``missing``: the file is sent again as a new transfer).
+
+One policy for what cannot be sent: a file the server refuses, that cannot be read, or that
+changed, fails alone (its :class:`FileResult` says why) and the run goes on with the others.
+What ends the run: the connection limits, the server unable to store anything (disk full),
+a protocol violation, :meth:`Uploader.stop`.
+
 Connections come from the one reconnect loop (:class:`resume.net.connector.Reconnector`):
 a dropped connection is retried with backoff, and the next session reconciles again, so at most
 one window of chunks is ever sent twice.
@@ -17,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,22 +41,25 @@ from resume.errors import (
     AckTimeout,
     ChecksumMismatch,
     ConnectionLost,
+    FileRefused,
+    FrameCorrupted,
     Interrupted,
     ProtocolError,
-    Rejected,
     ResumeError,
     ServerError,
     SourceChanged,
+    SourceError,
     UsageError,
     Verdict,
     classify,
 )
 from resume.net.backoff import Backoff
-from resume.net.connector import ConnectionEvent, ConnectOptions, Reconnector
+from resume.net.connector import ConnectionEvent, ConnectOptions, Reconnector, translate
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.protocol.ledger import ChunkRecord, ChunkState, Ledger
 from resume.protocol.upload import (
+    FILE_ERROR_CODES,
     HEADER_SIZE,
     Begin,
     ChunkHeader,
@@ -55,33 +68,47 @@ from resume.protocol.upload import (
     new_file_id,
 )
 from resume.store import Store
-from resume.store.models import TransferState
-from resume.store.transfers import TransferRecord
+from resume.store.states import TransferState
+from resume.store.transfers import LockOwner, TransferRecord, lock_key
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
-from resume.transfer.plan import FileJob, upload_url
+from resume.transfer.plan import FileJob, server_identity, upload_url
 from resume.transfer.source import (
     FILE_ALGO,
     ChunkSource,
     Fingerprint,
     chunk_checksum,
     file_checksum,
+    open_source,
 )
 
 log = logging.getLogger("resume.upload")
 
 PREPARE_BATCH = 4  # chunks read and prepared per transaction: fewer commits, bounded memory
 RESTART_HINT = "run the same command with --restart to send it again from the start"
+VERIFY_TIMEOUT = 600.0  # the server re-reads a whole file to verify it: allow for a large one
+
+# What fails one file and lets the run go on with the others.
+FILE_ERRORS = (FileRefused, SourceError, SourceChanged, ChecksumMismatch)
 
 
 @dataclass(frozen=True, slots=True)
 class UploadOptions:
-    """Tuning and policy of an upload run."""
+    """Tuning and policy of an upload run.
+
+    ``overwrite``: a destination that exists on the server is replaced (atomically) instead of
+    refused. ``verify``: a file finished in an earlier run is re-hashed by the server, not
+    only checked to be the file it published. ``max_corrupt_frames``: frames that fail to
+    decode (corrupted in transit) are retried this many times, then the run fails.
+    """
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
     window: int = DEFAULT_WINDOW  # chunks in flight at once
     restart: bool = False  # start every file over, dropping earlier partial transfers
+    overwrite: bool = False
+    verify: bool = False
     ack_timeout: float = 60.0  # no ack for this long while chunks are in flight: reconnect
     max_nacks: int = 3  # a chunk failing its checksum this often on the server is fatal
+    max_corrupt_frames: int = 3
     drain_timeout: float = 10.0  # on stop(): how long to wait for in-flight acks
     connect: ConnectOptions = field(
         default_factory=lambda: ConnectOptions(max_size=64 * 2**20, write_limit=4 * 2**20)
@@ -95,31 +122,48 @@ class UploadOptions:
             raise UsageError(f"chunk size must be between 1 byte and 2 GiB, got {self.chunk_size}")
         if self.window < 1:
             raise UsageError(f"window must be at least 1, got {self.window}")
+        if self.ack_timeout <= 0 or self.drain_timeout < 0:
+            raise UsageError("ack_timeout must be positive and drain_timeout not negative")
+        if self.max_nacks < 0 or self.max_corrupt_frames < 0:
+            raise UsageError("max_nacks and max_corrupt_frames must not be negative")
 
 
 @dataclass(slots=True)
 class FileResult:
-    """How one file ended in this run."""
+    """How one file ended in this run.
+
+    ``state``: ``completed`` (sent and verified in this run), ``verified`` (finished in an
+    earlier run and confirmed on the server now, nothing sent), ``failed`` (``error`` says
+    why; the other files went on) or ``pending`` (the run stopped before it was done).
+    """
 
     job: FileJob
-    file_id: str
+    file_id: str | None
     size: int
-    state: str  # "completed" or "skipped" (already completed earlier)
+    state: str
     checksum: str | None = None
     resumed_from: int = 0  # bytes the server already held when this run began the file
     bytes_sent: int = 0  # chunk payload bytes sent in this run (re-sends included)
+    error: str | None = None
 
 
 class UploadProgress(Protocol):
-    """What an upload reports while it runs (the CLI draws a progress bar from it)."""
+    """What an upload reports while it runs (the CLI draws its progress line from it)."""
 
-    def file_started(self, job: FileJob, size: int, committed: int) -> None: ...
+    def file_started(self, job: FileJob, size: int, committed: int) -> None:
+        """``job`` is being sent; the server already holds ``committed`` of its ``size``."""
 
-    def committed(self, job: FileJob, nbytes: int) -> None: ...
+    def committed(self, job: FileJob, nbytes: int) -> None:
+        """``nbytes`` more of ``job`` are durable on the server."""
 
-    def file_done(self, result: FileResult) -> None: ...
+    def file_done(self, result: FileResult) -> None:
+        """``result.job`` ended: completed, verified or failed."""
 
-    def connection(self, event: ConnectionEvent) -> None: ...
+    def connection(self, event: ConnectionEvent) -> None:
+        """The reconnect loop connected, lost the connection, waits to retry, or gave up."""
+
+    def notice(self, message: str) -> None:
+        """Something the user should know that is not an error (e.g. a stale transfer)."""
 
 
 class _QuietProgress:
@@ -135,6 +179,9 @@ class _QuietProgress:
     def connection(self, event: ConnectionEvent) -> None:
         pass
 
+    def notice(self, message: str) -> None:
+        log.warning("%s", message)
+
 
 @dataclass(eq=False)
 class _FileState:
@@ -145,7 +192,9 @@ class _FileState:
     ledger: Ledger
     fingerprint: Fingerprint
     result: FileResult
+    lock: str  # the transfer lock's key
     done: bool = False
+    check_only: bool = False  # finished earlier: only ask the server whether it still has it
     nacks: dict[int, int] = field(default_factory=dict)
     hasher: Any = field(default_factory=xxhash.xxh3_128)
     hashed: int = 0  # chunks [0, hashed) are in ``hasher``
@@ -166,30 +215,55 @@ class Uploader:
     ) -> None:
         self.store = store
         self.repo = store.transfers
+        self.url = url
         self.base_url, self.endpoint = upload_url(url)
+        self.server: str | None = None  # canonical identity, resolved when the run starts
         self.options = options or UploadOptions()
-        self.progress = progress or _QuietProgress()
+        self.progress: UploadProgress = progress or _QuietProgress()
         self._stopping = asyncio.Event()
         self._files: list[_FileState] = []
+        self._results: list[FileResult] = []
         self._cancel_on_server: list[str] = []  # earlier transfers dropped by --restart
+        self._owner = LockOwner.me()
+        self._locks: list[str] = []
+        self._in_chunks = False  # sending chunks: stop() drains instead of cancelling
+        self._corrupt_frames = 0
 
     def stop(self) -> None:
         """Ask the run to stop: no new chunks, wait briefly for in-flight acks, then raise
-        :class:`Interrupted`. State stays consistent whenever the process dies anyway."""
+        :class:`Interrupted`. While connecting or waiting to reconnect it stops at once.
+        State stays consistent whenever the process dies anyway."""
         self._stopping.set()
 
     async def run(self, jobs: Sequence[FileJob]) -> list[FileResult]:
         """Upload every job; returns one result per job, in order.
 
-        Raises a :class:`resume.errors.FatalError` at the first fatal problem, the last
-        retryable error when the connection limits are exhausted, or :class:`Interrupted`.
+        A file that cannot be sent fails alone (``result.state == "failed"``). Raises a
+        :class:`resume.errors.FatalError` when the run cannot go on (refused connection, disk
+        full on the server, protocol violation), the last retryable error when the
+        connection limits are exhausted, or :class:`Interrupted`.
         """
-        self._files = [self._plan(job) for job in jobs]
-        todo = [f for f in self._files if not f.done]
-        if not todo and not self._cancel_on_server:
-            return [f.result for f in self._files]
-        for state in todo:
-            self.repo.update(state.record.file_id, state=TransferState.ACTIVE, last_error=None)
+        self.server = await asyncio.to_thread(server_identity, self.url)
+        self._files, self._results, self._locks = [], [], []
+        try:
+            for job in jobs:
+                self._results.append(self._prepare(job))
+            todo = [f for f in self._files if not f.done]
+            if todo or self._cancel_on_server:
+                for state in todo:
+                    self.repo.update(
+                        state.record.file_id, state=TransferState.ACTIVE, last_error=None
+                    )
+                await self._connect_and_send()
+        finally:
+            for state in self._files:
+                if state.background_hash is not None:
+                    state.background_hash.cancel()
+            with contextlib.suppress(ResumeError):
+                self.repo.unlock(self._locks, self._owner)
+        return list(self._results)
+
+    async def _connect_and_send(self) -> None:
         connector = Reconnector(
             self.endpoint,
             options=self.options.connect,
@@ -198,44 +272,70 @@ class Uploader:
             give_up_after=self.options.give_up_after,
             on_event=self.progress.connection,
         )
+        work = asyncio.create_task(connector.run(self._session))
+        stopping = asyncio.create_task(self._stopping.wait())
         try:
-            await connector.run(self._session)
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done() and not self._in_chunks:
+                # Connecting or waiting to reconnect: nothing in flight to wait for.
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                raise Interrupted("interrupted; resume with the same command")
+            await work  # sending chunks: the session drains, then raises Interrupted
         except BaseException as exc:
             self._record_failure(exc)
             raise
         finally:
-            for state in self._files:
-                if state.background_hash is not None:
-                    state.background_hash.cancel()
-        return [f.result for f in self._files]
+            stopping.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
 
     # -- planning --------------------------------------------------------------------------------
 
-    def _plan(self, job: FileJob) -> _FileState:
+    def _prepare(self, job: FileJob) -> FileResult:
+        """Lock and plan one job; a job that cannot be sent gets a failed result now."""
+        key = lock_key(str(job.path), self.server or self.base_url, job.name)
+        holder = self.repo.lock(key, self._owner)
+        if holder is not None:
+            where = "" if holder.host == self._owner.host else f" on {holder.host}"
+            return self._failed(
+                job, f"another upload of {job.path} is running (pid {holder.pid}{where})"
+            )
+        self._locks.append(key)
+        try:
+            state = self._plan(job, key)
+        except (SourceError, SourceChanged) as exc:
+            return self._failed(job, str(exc))
+        self._files.append(state)
+        return state.result
+
+    def _failed(self, job: FileJob, reason: str) -> FileResult:
+        result = FileResult(job, None, job.size, "failed", error=reason)
+        self.progress.file_done(result)
+        return result
+
+    def _plan(self, job: FileJob, key: str) -> _FileState:
         """Find the transfer to resume for ``job``, or start a new one."""
-        fingerprint = Fingerprint.of(job.path)
-        record = self.repo.latest_for(str(job.path), self.base_url, job.name)
+        fd, fingerprint = open_source(job.path)  # readable and regular, before any begin
+        os.close(fd)
+        record = self.repo.latest_for(str(job.path), self.base_url, job.name, server=self.server)
         if (
             record is not None
             and self.options.restart
-            and record.state
-            not in (
-                TransferState.COMPLETED,
-                TransferState.CANCELLED,
-            )
+            and record.state not in (TransferState.COMPLETED, TransferState.CANCELLED)
         ):
             self.repo.update(record.file_id, state=TransferState.CANCELLED, last_error="restarted")
             self._cancel_on_server.append(record.file_id)
             record = None
+        check_only = False
         if record is not None and record.state is TransferState.COMPLETED:
             if _fingerprint(record) == fingerprint and not self.options.restart:
-                result = FileResult(
-                    job, record.file_id, record.size, "skipped", record.checksum, record.size
-                )
-                state = _FileState(job, record, self.repo.load_ledger(record), fingerprint, result)
-                state.done = True
-                return state
-            record = None  # a new version of a file sent before: a new transfer
+                check_only = True  # the server says whether it still has it
+            else:
+                record = None  # a new version of a file sent before: a new transfer
         if record is not None and record.state is TransferState.CANCELLED:
             record = None
         if record is not None and _fingerprint(record) != fingerprint:
@@ -248,38 +348,95 @@ class Uploader:
                 "%s: resuming with the chunk size it began with (%d)", job.name, record.chunk_size
             )
         if record is None:
-            record = self.repo.create(
-                file_id=new_file_id(),
-                source_path=str(job.path),
-                name=job.name,
-                url=self.base_url,
-                size=fingerprint.size,
-                mtime_ns=fingerprint.mtime_ns,
-                inode=fingerprint.inode,
-                chunk_size=self.options.chunk_size,
-                checksum_algo=FILE_ALGO,
-            )
+            record = self._new_record(job, fingerprint)
+        self.repo.lock_transfer(key, record.file_id)
         ledger = self.repo.load_ledger(record)
         result = FileResult(job, record.file_id, record.size, "pending")
-        return _FileState(job, record, ledger, fingerprint, result)
+        return _FileState(job, record, ledger, fingerprint, result, key, check_only=check_only)
+
+    def _new_record(self, job: FileJob, fingerprint: Fingerprint) -> TransferRecord:
+        for other in self.repo.unfinished_elsewhere(str(job.path), self.server, self.base_url):
+            self.progress.notice(
+                f"{job.path}: an unfinished transfer of this file to {other.url} exists "
+                f"({other.file_id[:8]}, {other.state.value}); `resume cancel {other.file_id[:8]}` "
+                "drops it"
+            )
+        return self.repo.create(
+            file_id=new_file_id(),
+            source_path=str(job.path),
+            name=job.name,
+            url=self.base_url,
+            server=self.server,
+            size=fingerprint.size,
+            mtime_ns=fingerprint.mtime_ns,
+            inode=fingerprint.inode,
+            chunk_size=self.options.chunk_size,
+            checksum_algo=FILE_ALGO,
+        )
+
+    def _renew(self, state: _FileState) -> None:
+        """The published file is gone or changed on the server: send it as a new transfer."""
+        record = self._new_record(state.job, state.fingerprint)
+        self.repo.update(record.file_id, state=TransferState.ACTIVE)
+        self.repo.lock_transfer(state.lock, record.file_id)
+        state.record = record
+        state.ledger = self.repo.load_ledger(record)
+        state.check_only = False
+        state.result.file_id = record.file_id
+        state.result.size = record.size
+
+    def _fail_file(self, state: _FileState, exc: BaseException) -> None:
+        """``state`` cannot be sent in this run: record why, report it, go on."""
+        reason = str(exc) or type(exc).__name__
+        with contextlib.suppress(ResumeError):
+            self.repo.update(
+                state.record.file_id, state=TransferState.FAILED, last_error=reason[:500]
+            )
+        state.done = True
+        state.result.state = "failed"
+        state.result.error = reason
+        self.progress.file_done(state.result)
 
     def _record_failure(self, exc: BaseException) -> None:
-        """Leave every unfinished file resumable, or failed with the reason if it is fatal."""
+        """The run ended early: leave every unfinished file resumable, with the reason.
+
+        Files this run began are marked failed when the error is fatal; files it never got
+        to stay pending (the error was not theirs).
+        """
         resumable = not isinstance(exc, ResumeError) or isinstance(exc, Interrupted)
         resumable = resumable or classify(exc) is Verdict.RETRY
         reason = str(exc) or type(exc).__name__
         for state in self._files:
             if not state.done:
+                failed = state.started and not resumable
                 with contextlib.suppress(ResumeError):
                     self.repo.update(
                         state.record.file_id,
-                        state=TransferState.PENDING if resumable else TransferState.FAILED,
+                        state=TransferState.FAILED if failed else TransferState.PENDING,
                         last_error=reason[:500],
                     )
 
     # -- one connection --------------------------------------------------------------------------
 
     async def _session(self, ws: ClientConnection) -> None:
+        try:
+            await self._send_all(ws)
+        except Exception as exc:
+            error = translate(exc)
+            if isinstance(error, ProtocolError) and error.close_code == CloseCode.INVALID_PAYLOAD:
+                self._corrupt_frames += 1
+                if self._corrupt_frames <= self.options.max_corrupt_frames:
+                    raise FrameCorrupted(
+                        f"a frame was corrupted in transit ({error})", close_code=error.close_code
+                    ) from exc
+                raise ProtocolError(
+                    f"frames kept arriving corrupted ({self._corrupt_frames} times, the last: "
+                    f"{error}); the link or the server is damaging data",
+                    close_code=error.close_code,
+                ) from exc
+            raise
+
+    async def _send_all(self, ws: ClientConnection) -> None:
         link = _Link(ws)
         link.start()
         try:
@@ -289,26 +446,58 @@ class Uploader:
                 await link.expect("cancelled", file_id, self.options.ack_timeout)
                 self._cancel_on_server.pop(0)
             for state in self._files:
-                if not state.done:
+                if state.done:
+                    continue
+                try:
                     await self._send_file(link, state)
+                except FILE_ERRORS as exc:
+                    self._fail_file(state, exc)
+                finally:
+                    link.forget(state.record.file_id)
         finally:
             await link.stop()
 
     async def _send_file(self, link: _Link, state: _FileState) -> None:
-        record, ledger = state.record, state.ledger
-        begin = Begin(record.file_id, record.name, record.size, record.chunk_size)
+        record = state.record
+        verify = self.options.verify and state.check_only
+        begin = Begin(
+            record.file_id,
+            record.name,
+            record.size,
+            record.chunk_size,
+            overwrite=self.options.overwrite,
+            verify=verify,
+        )
+        link.current = (record.file_id, record.name)
         await link.ws.send(frames.encode(begin.to_json()))
-        reply = await link.expect("state", record.file_id, self.options.ack_timeout)
+        timeout = max(self.options.ack_timeout, VERIFY_TIMEOUT) if verify else None
+        reply = await link.expect("state", record.file_id, timeout or self.options.ack_timeout)
         server_state = frames.field(reply, "state", str)
         if server_state == "completed":
-            self._complete(state)
+            verified = reply.get("verified") is True
+            self._complete(state, already=True, rehashed=verified)
+            return
+        if server_state == "missing" or (state.check_only and server_state == "cancelled"):
+            self.progress.notice(
+                f"{record.name}: no longer on the server as it was published; sending it again"
+            )
+            self._renew(state)
+            await self._send_file(link, state)
             return
         if server_state != "receiving":
-            raise Rejected(
+            raise FileRefused(
                 f"{record.name}: the server dropped transfer {record.file_id[:8]} "
-                f"({server_state}); {RESTART_HINT}"
+                f"({server_state}); {RESTART_HINT}",
+                code=server_state,
+                file_id=record.file_id,
             )
+        if state.check_only:
+            # The server does not know it as finished (its store was reset): it holds none
+            # of the chunks we have as committed, and reconciliation sends them all again.
+            state.check_only = False
+            self.repo.update(record.file_id, state=TransferState.ACTIVE)
         await self._reconcile(state, held_from_json(reply, "held"))
+        ledger = state.ledger
         if not state.started:
             state.started = True
             state.result.resumed_from = ledger.committed_bytes
@@ -337,7 +526,7 @@ class Uploader:
             result = ledger.reconcile(held)
         changes = list(result.changes)
         if result.unknown:  # the server holds chunks we have no record of: verify, then adopt
-            async with ChunkSource(state.job.path) as source:
+            async with self._source(state) as source:
                 for index in result.unknown:
                     data = await source.read(ledger.spec(index))
                     checksum = chunk_checksum(data)
@@ -345,6 +534,9 @@ class Uploader:
                         changes.append(ledger.prepare(index, checksum))
                         changes.append(ledger.commit(index, checksum))
         self.repo.save_chunks(state.record.file_id, ledger, changes)
+
+    def _source(self, state: _FileState) -> ChunkSource:
+        return ChunkSource(state.job.path, state.fingerprint, restart_hint=RESTART_HINT)
 
     async def _send_chunks(self, link: _Link, state: _FileState) -> None:
         """Keep a window of chunks in flight until every chunk is committed."""
@@ -375,25 +567,28 @@ class Uploader:
             in_flight.discard(index)
             queue.appendleft(index)
 
-        link.watch(state.record.file_id, on_ack, on_nack)
+        file_id = state.record.file_id
+        link.watch(file_id, on_ack, on_nack)
+        self._in_chunks = True
         try:
-            async with ChunkSource(state.job.path) as source:
+            async with self._source(state) as source:
                 while queue or in_flight:
                     if self._stopping.is_set():
-                        await self._drain(link, in_flight)
+                        await self._drain(link, file_id, in_flight)
                         raise Interrupted("interrupted; resume with the same command")
                     room = options.window - len(in_flight)
                     if queue and room > 0:
-                        batch = []
+                        batch: list[int] = []
                         while queue and len(batch) < min(room, PREPARE_BATCH):
                             index = queue.popleft()
                             if ledger.state(index) is ChunkState.PENDING:
                                 batch.append(index)
                         await self._send_batch(link, state, source, batch, in_flight)
                     else:
-                        await link.wait_progress(options.ack_timeout)
+                        await link.wait_progress(file_id, options.ack_timeout)
         finally:
-            link.unwatch(state.record.file_id)
+            self._in_chunks = False
+            link.unwatch(file_id)
 
     async def _send_batch(
         self,
@@ -423,15 +618,15 @@ class Uploader:
         # In flight from now on: the ack of the first may arrive while the last is being sent.
         in_flight.update(indexes)
         for buffer, length in frames_out:
-            link.check()
+            link.check(state.record.file_id)
             await link.ws.send(buffer)
             state.result.bytes_sent += length
 
-    async def _drain(self, link: _Link, in_flight: set[int]) -> None:
+    async def _drain(self, link: _Link, file_id: str, in_flight: set[int]) -> None:
         deadline = time.monotonic() + self.options.drain_timeout
         while in_flight and time.monotonic() < deadline:
             with contextlib.suppress(AckTimeout):
-                await link.wait_progress(max(0.01, deadline - time.monotonic()))
+                await link.wait_progress(file_id, max(0.01, deadline - time.monotonic()))
 
     async def _finish(self, link: _Link, state: _FileState) -> None:
         record = state.record
@@ -440,7 +635,7 @@ class Uploader:
             frames.encode({"type": "finish", "file_id": record.file_id, "checksum": checksum})
         )
         # The server re-reads the file to verify it only after a resume: allow for a large one.
-        await link.expect("done", record.file_id, max(self.options.ack_timeout, 600.0))
+        await link.expect("done", record.file_id, max(self.options.ack_timeout, VERIFY_TIMEOUT))
         state.result.checksum = checksum
         self._complete(state)
 
@@ -448,7 +643,7 @@ class Uploader:
         """The whole-file xxh3-128, checked against a source that must not have changed."""
         record = state.record
         if state.hashed == state.ledger.chunk_count:
-            checksum = state.hasher.hexdigest()
+            checksum = str(state.hasher.hexdigest())
         elif state.background_hash is not None:
             checksum = await state.background_hash
         else:
@@ -458,7 +653,9 @@ class Uploader:
         state.record = self.repo.get(record.file_id) or record
         return checksum
 
-    def _complete(self, state: _FileState) -> None:
+    def _complete(
+        self, state: _FileState, *, already: bool = False, rehashed: bool = False
+    ) -> None:
         self.repo.update(
             state.record.file_id,
             state=TransferState.COMPLETED,
@@ -466,20 +663,29 @@ class Uploader:
             offset=state.record.size,
         )
         state.done = True
-        state.result.state = "completed"
+        state.result.state = "verified" if already else "completed"
+        if already:
+            state.result.resumed_from = state.record.size
         state.result.checksum = state.result.checksum or state.record.checksum
         self.progress.file_done(state.result)
 
 
 class _Link:
-    """One connection's incoming side: routes server messages to whoever waits for them."""
+    """One connection's incoming side: routes server messages to whoever waits for them.
+
+    A refusal of one file (an ``error`` with a per-file code, or a chunk failing its checksum
+    too often) is kept for that file and raised to whoever waits on it; the connection goes
+    on with the next file. Anything else ends the connection.
+    """
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+        self.current: tuple[str, str] | None = None  # (file_id, name) being sent
         self._replies: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
         self._watchers: dict[
             str, tuple[Callable[[dict[int, str]], None], Callable[[int], None]]
         ] = {}
+        self._file_errors: dict[str, BaseException] = {}
         self._progress = asyncio.Event()
         self._failure: BaseException | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -504,34 +710,42 @@ class _Link:
     def unwatch(self, file_id: str) -> None:
         self._watchers.pop(file_id, None)
 
-    def check(self) -> None:
-        """Raise the error that ended the reader, if any."""
+    def forget(self, file_id: str) -> None:
+        """Done with ``file_id`` on this connection (its refusal, if any, was handled)."""
+        self._file_errors.pop(file_id, None)
+        self.unwatch(file_id)
+
+    def check(self, file_id: str | None = None) -> None:
+        """Raise the error that ended the reader, or the refusal of ``file_id``, if any."""
         if self._failure is not None:
             raise self._failure
+        if file_id is not None and file_id in self._file_errors:
+            raise self._file_errors[file_id]
 
     async def expect(self, kind: str, file_id: str, timeout: float) -> dict[str, Any]:
         """Wait for the server's ``kind`` message about ``file_id``."""
-        self.check()
+        self.check(file_id)
         future = asyncio.get_running_loop().create_future()
         self._replies[(kind, file_id)] = future
         try:
             async with asyncio.timeout(timeout):
-                return await future
+                reply: dict[str, Any] = await future
+                return reply
         except TimeoutError:
             raise AckTimeout(f"no {kind!r} from the server within {timeout:.0f}s") from None
         finally:
             self._replies.pop((kind, file_id), None)
 
-    async def wait_progress(self, timeout: float) -> None:
-        """Wait until an ack or nack arrives (or the connection fails)."""
-        self.check()
+    async def wait_progress(self, file_id: str, timeout: float) -> None:
+        """Wait until an ack or nack arrives (or the connection or the file fails)."""
+        self.check(file_id)
         self._progress.clear()
         try:
             async with asyncio.timeout(timeout):
                 await self._progress.wait()
         except TimeoutError:
             raise AckTimeout(f"no acknowledgement from the server within {timeout:.0f}s") from None
-        self.check()
+        self.check(file_id)
 
     async def _read(self) -> None:
         try:
@@ -542,7 +756,7 @@ class _Link:
         except ProtocolError as exc:
             self._fail(exc)
             await self.ws.close(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc)[:120])
-        except Exception as exc:  # a fatal error raised by an ack handler (e.g. ChecksumMismatch)
+        except Exception as exc:  # a bug in a handler: end the connection with it
             self._fail(exc)
         else:
             self._fail(ConnectionLost("server closed the connection"))
@@ -554,21 +768,29 @@ class _Link:
             if not future.done():
                 future.set_exception(exc)
 
+    def _fail_file(self, file_id: str, exc: BaseException) -> None:
+        self._file_errors[file_id] = exc
+        self._progress.set()
+        for (_, waiting_for), future in self._replies.items():
+            if waiting_for == file_id and not future.done():
+                future.set_exception(exc)
+
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         file_id = message.get("file_id")
-        if kind == "ack":
+        if kind in ("ack", "nack"):
             watcher = self._watchers.get(str(file_id))
             if watcher is not None:
-                watcher[0](held_from_json(message, "chunks"))
-            self._progress.set()
-        elif kind == "nack":
-            watcher = self._watchers.get(str(file_id))
-            if watcher is not None:
-                watcher[1](frames.field(message, "index", int))
+                try:
+                    if kind == "ack":
+                        watcher[0](held_from_json(message, "chunks"))
+                    else:
+                        watcher[1](frames.field(message, "index", int))
+                except FILE_ERRORS as exc:
+                    self._fail_file(str(file_id), exc)
             self._progress.set()
         elif kind == "error":
-            self._fail(_server_error(message))
+            self._on_error(message)
         else:
             future = self._replies.get((kind, str(file_id)))
             if future is None:
@@ -576,17 +798,50 @@ class _Link:
             if not future.done():
                 future.set_result(message)
 
+    def _on_error(self, message: dict[str, Any]) -> None:
+        code = str(message.get("code"))
+        text = str(message.get("message") or code)
+        file_id = message.get("file_id")
+        # A refusal of a begin or finish may come without a file_id: it is about the file
+        # being sent (one at a time on a connection).
+        if not isinstance(file_id, str) and self.current is not None:
+            file_id = self.current[0]
+        name = self.current[1] if self.current and self.current[0] == file_id else str(file_id)
+        if code in FILE_ERROR_CODES and isinstance(file_id, str):
+            self._fail_file(file_id, file_refusal(code, name, text, file_id))
+        else:
+            self._fail(server_error(code, text))
 
-def _server_error(message: dict[str, Any]) -> ResumeError:
-    code = str(message.get("code"))
-    text = str(message.get("message") or code)
-    if code in (ErrorCode.DISK_FULL, ErrorCode.STORAGE):
-        return ServerError(f"server could not store the data: {text}", code=code)
+
+def file_refusal(
+    code: str, name: str, text: str, file_id: str | None = None
+) -> FileRefused | ChecksumMismatch:
+    """The one-line error for a server's refusal of one file."""
     if code == ErrorCode.CHECKSUM_MISMATCH:
         return ChecksumMismatch(
-            f"whole-file verification failed on the server: {text}; {RESTART_HINT}"
+            f"{name}: whole-file verification failed on the server ({text}); {RESTART_HINT}"
         )
-    return Rejected(f"server refused: {text}")
+    messages: dict[str, str] = {
+        ErrorCode.EXISTS: f"{name} exists on the server; pass --overwrite to replace it",
+        ErrorCode.NAME_IN_USE: (
+            f"{name}: another unfinished upload on the server is using this name ({text})"
+        ),
+        ErrorCode.FORBIDDEN: f"{name}: the server's token does not allow this name ({text})",
+        ErrorCode.LIMIT: f"{name}: over a limit of the server ({text})",
+        ErrorCode.BAD_NAME: f"{name}: the server refuses this name ({text})",
+        ErrorCode.TOO_LARGE: f"{name}: too large for the server ({text})",
+    }
+    message = messages.get(code, f"{name}: the server refused it ({code}: {text})")
+    return FileRefused(message, code=code, file_id=file_id)
+
+
+def server_error(code: str, text: str) -> ResumeError:
+    """The error for a refusal that ends the run (the server cannot store anything)."""
+    if code == ErrorCode.DISK_FULL:
+        return ServerError(f"the server's disk is full ({text})", code=code)
+    if code == ErrorCode.STORAGE:
+        return ServerError(f"the server could not store the data ({text})", code=code)
+    return ProtocolError(f"server error {code}: {text}")
 
 
 def _fingerprint(record: TransferRecord) -> Fingerprint:

@@ -10,6 +10,9 @@ It sits between a client and an upstream server and breaks the link the ways rea
 - ``delay``: added latency on every forwarded piece of data, order preserved (a long link).
 - ``corrupt_once(after_bytes=N)``: flip one byte N bytes from now in one direction (a bad NIC
   or a broken TLS-less middlebox that TCP's weak checksum missed).
+- ``corrupt_first_frames(count, direction)``: on each of the next ``count`` connections, flip
+  the first payload byte of the first WebSocket frame after the HTTP handshake (a control
+  message garbled in transit: invalid UTF-8, a 1007 close).
 - ``set_upstream(port)``: new connections go elsewhere (the server restarted on another port).
 - ``chaos(duration, rng)``: random cuts and stalls for a while.
 
@@ -52,6 +55,18 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+def _first_payload_byte(data: bytes) -> int | None:
+    """Where the first payload byte of the first frame after an HTTP head is, once known."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or len(data) < end + 6:
+        return None
+    start = end + 4
+    second = data[start + 1]
+    length = second & 0x7F
+    header = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if second & 0x80 else 0)
+    return start + header if len(data) > start + header else None
+
+
 class _Pair:
     """One proxied connection: client <-> upstream, two pumps."""
 
@@ -62,6 +77,8 @@ class _Pair:
         self.client_reader, self.client_writer = client
         self.up_writer: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        # directions in which this connection's first frame gets garbled
+        self.garble = {d for d in ("up", "down") if proxy._take_frame_corruption(d)}
 
     async def run(self) -> None:
         proxy = self.proxy
@@ -83,10 +100,21 @@ class _Pair:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
     ) -> None:
         proxy = self.proxy
+        seen = bytearray()  # the stream so far, while looking for the first frame to garble
         try:
             while True:
                 data = await reader.read(READ_SIZE)
                 await proxy._flowing.wait()
+                if direction in self.garble and data:
+                    passed = len(seen)
+                    seen += data
+                    target = _first_payload_byte(bytes(seen))
+                    if target is not None:
+                        garbled = bytearray(data)
+                        garbled[target - passed] ^= 0xFF
+                        data = bytes(garbled)
+                        self.garble.discard(direction)
+                        proxy.stats.corrupted += 1
                 if not data:
                     with contextlib.suppress(OSError):
                         writer.write_eof()
@@ -144,6 +172,7 @@ class FaultProxy:
         self._flowing.set()
         self._refusing = False
         self._corrupt: dict[str, int] = {}  # direction -> bytes still to pass before the flip
+        self._frame_corruptions: dict[str, int] = {}  # direction -> connections still to garble
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.listen_port)
@@ -193,6 +222,18 @@ class FaultProxy:
         if direction not in ("up", "down"):
             raise ValueError("direction is 'up' or 'down'")
         self._corrupt[direction] = after_bytes
+
+    def corrupt_first_frames(self, count: int, direction: str = "up") -> None:
+        if direction not in ("up", "down"):
+            raise ValueError("direction is 'up' or 'down'")
+        self._frame_corruptions[direction] = count
+
+    def _take_frame_corruption(self, direction: str) -> bool:
+        left = self._frame_corruptions.get(direction, 0)
+        if left <= 0:
+            return False
+        self._frame_corruptions[direction] = left - 1
+        return True
 
     def _maybe_corrupt(self, data: bytes, direction: str) -> bytes:
         remaining = self._corrupt.get(direction)
@@ -327,6 +368,9 @@ class ThreadedProxy:
 
     def corrupt_once(self, *, after_bytes: int, direction: str = "up") -> None:
         self._do(lambda: self.proxy.corrupt_once(after_bytes=after_bytes, direction=direction))
+
+    def corrupt_first_frames(self, count: int, direction: str = "up") -> None:
+        self._do(self.proxy.corrupt_first_frames, count, direction)
 
     def start_chaos(self, *, duration: float, seed: int = 0, **kwargs: Any) -> None:
         """Run :meth:`FaultProxy.chaos` in the background; returns at once."""

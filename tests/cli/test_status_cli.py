@@ -70,8 +70,9 @@ def test_status_json_reports_progress_and_chunk_counts(db_url: str) -> None:
 
     table = resume("status", "--db", db_url, "01234567")
     assert table.returncode == 0
-    assert "big.bin" in table.stdout and "1/1/3" in table.stdout and "40%" in table.stdout
-    assert json.loads(resume("status", "--json", "--db", db_url, "ffff").stdout) == []
+    assert "big.bin" in table.stdout and "40% of 10 B" in table.stdout
+    unknown = resume("status", "--json", "--db", db_url, "ffff")
+    assert unknown.returncode == 1 and "no transfer with id 'ffff'" in unknown.stderr
 
 
 def test_db_current_reports_head_after_upgrade(tmp_path: Path) -> None:

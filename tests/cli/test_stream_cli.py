@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import signal
 import sqlite3
@@ -97,14 +98,30 @@ def test_send_then_tail_from_start(serve: ServeProcess, tmp_path: Path) -> None:
 
 
 def test_send_json_publishes_values(serve: ServeProcess, tmp_path: Path) -> None:
-    """With --json each line is a JSON value; a line that is not JSON is a usage error (exit 2)."""
+    """With --json each line is a JSON value; tail --json gives them back with their types."""
     url = channel(serve)
-    send(url, '{"order": 42}', "[1, 2]", '"text"', "7", args=("--json",))
-    printed = tail(url, tmp_path / "t.db", "--from-start", "--count", "4")
-    assert printed == ['{"order": 42}', "[1, 2]", "text", "7"]
-    bad = run_resume("send", url, "--json", input="{not json\n")
-    assert bad.returncode == 2
+    send(url, '{"order": 42}', "[1, 2]", '"text"', "7", '"7"', args=("--json",))
+    printed = tail(url, tmp_path / "t.db", "--from-start", "--count", "5")
+    assert printed == ['{"order": 42}', "[1, 2]", "text", "7", "7"]  # types lost as text
+    typed = tail(url, tmp_path / "t2.db", "--from-start", "--count", "5", "--json")
+    assert [json.loads(line) for line in typed] == [{"order": 42}, [1, 2], "text", 7, "7"]
+
+
+def test_send_reports_bad_lines_by_number_and_sends_the_rest(
+    serve: ServeProcess, tmp_path: Path
+) -> None:
+    """Not JSON, NaN, too large: each refused with its line number; the other lines go; exit 1."""
+    url = channel(serve)
+    huge = '"' + "x" * 1_200_000 + '"'
+    lines = ["1", "{not json", "NaN", huge, "[Infinity]", "2"]
+    bad = run_resume("send", url, "--json", input="\n".join(lines) + "\n")
+    assert bad.returncode == 1, bad.stderr
+    for number in (2, 3, 4, 5):
+        assert f"line {number}:" in bad.stderr
+    assert "line 1:" not in bad.stderr and "line 6:" not in bad.stderr
     assert "not a JSON value" in bad.stderr and "Traceback" not in bad.stderr
+    assert all(len(line) < 300 for line in bad.stderr.splitlines())  # not the 1.2 MB line
+    assert tail(url, tmp_path / "t.db", "--from-start", "--count", "2") == ["1", "2"]
 
 
 def test_restarted_tail_continues_after_the_last_message(
@@ -197,7 +214,13 @@ def test_send_with_nothing_to_send_still_checks_the_token(tmp_path: Path) -> Non
 @pytest.mark.parametrize("command", ["send", "tail"])
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:1/streams/orders", "ws://127.0.0.1:1/upload", "orders"],
+    [
+        "http://127.0.0.1:1/streams/orders",
+        "ws://127.0.0.1:1/upload",
+        "orders",
+        "ws://127.0.0.1:1/streams/bad name",
+        "ws://127.0.0.1:1/streams/",
+    ],
 )
 def test_bad_url_exits_2(tmp_path: Path, command: str, url: str) -> None:
     """Something that is not a ws:// channel URL is a usage error: exit 2, one clear line."""
@@ -354,4 +377,6 @@ def test_give_up_after_stops_retrying_an_unreachable_server(tmp_path: Path, comm
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("resume: error: cannot connect")
+    assert "resume: warning: cannot connect" in result.stderr  # each retry, though not a TTY
+    assert "retrying in" in result.stderr
     assert time.monotonic() - started < 15

@@ -164,3 +164,33 @@ def test_serve_refuses_a_bad_root(tmp_path: Path) -> None:
     result = run_resume("serve", "--root", str(afile), "--port", "0")
     assert result.returncode == 2
     assert "not a directory" in result.stderr or "exists" in result.stderr
+
+
+def test_gc_failed_and_outbox(tmp_path: Path) -> None:
+    """gc keeps failed transfers unless --failed; --outbox drops a stale producer's messages."""
+    from resume.store import open_store
+    from resume.store.states import TransferState
+
+    db = tmp_path / "c.db"
+    url = "ws://127.0.0.1:1/streams/orders"
+    with open_store(db) as store:
+        store.transfers.create(
+            file_id="f" * 32, source_path="/x", name="x.bin", url="ws://127.0.0.1:1",
+            size=10, mtime_ns=1, inode=1, chunk_size=4,
+        )  # fmt: skip
+        store.transfers.update("f" * 32, state=TransferState.FAILED, last_error="too large")
+        store.stream_client.add("shop-1", url, [(1, '"a"'), (2, '"b"')])
+    kept = run_resume("gc", "--older-than", "0", "--db", str(db))
+    assert kept.returncode == 0 and "forgot 0 finished" in kept.stdout
+    dropped = run_resume("gc", "--older-than", "0", "--failed", "--db", str(db))
+    assert dropped.returncode == 0 and "forgot 1 finished or failed" in dropped.stdout
+    assert json.loads(run_resume("status", "--json", "--db", str(db)).stdout) == []
+
+    outbox = run_resume("gc", "--outbox", "shop-1", "--db", str(db))
+    assert outbox.returncode == 0, outbox.stderr
+    assert "dropped 1 outbox(es) with 2 unsent message(s)" in outbox.stdout
+    streams = json.loads(run_resume("status", "--streams", "--json", "--db", str(db)).stdout)
+    [producer] = streams["producers"]
+    assert (producer["client_id"], producer["pending"]) == ("shop-1", 0)
+    unknown = run_resume("gc", "--outbox", "nobody", "--db", str(db))
+    assert unknown.returncode == 2 and "no stream outbox for producer 'nobody'" in unknown.stderr

@@ -64,3 +64,30 @@ def test_client_outbox_and_cursors(pg_store: Store) -> None:
     repo.set_cursor("c1", "u", 6)
     assert repo.cursor("c1", "u") == 6
     assert [p.pending for p in repo.producers()] == [1]
+
+
+def test_client_transfer_records_and_locks(pg_store: Store) -> None:
+    """The client's plain-SQL repository (reserved words quoted) and its locks on PostgreSQL."""
+    from resume.store.states import TransferState
+    from resume.store.transfers import LockOwner, lock_key
+
+    repo = pg_store.transfers
+    record = repo.create(
+        file_id="a" * 32, source_path="/x", name="x.bin", url="ws://h:1", size=10,
+        mtime_ns=1, inode=2, chunk_size=4, server="ws://127.0.0.1:1",
+    )  # fmt: skip
+    found = repo.latest_for("/x", "ws://other:1", "x.bin", server="ws://127.0.0.1:1")
+    assert found is not None and found.file_id == record.file_id
+    ledger = repo.load_ledger(record)
+    repo.prepare_chunks(record.file_id, ledger, [ledger.prepare(0, "c0"), ledger.prepare(1, "c1")])
+    repo.commit_chunks(record.file_id, ledger, [ledger.commit(0, "c0")])
+    repo.update(record.file_id, state=TransferState.ACTIVE)
+    key, me = lock_key("/x", "ws://127.0.0.1:1", "x.bin"), LockOwner.me()
+    assert repo.lock(key, me) is None
+    repo.lock_transfer(key, record.file_id)
+    [summary] = repo.summaries()
+    assert (summary.chunks.committed, summary.chunks.prepared, summary.running) == (1, 1, True)
+    assert summary.transfer.offset == 4
+    repo.unlock([key], me)
+    assert repo.summaries()[0].running is False
+    assert repo.delete([record.file_id]) == 1

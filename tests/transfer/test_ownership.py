@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from resume.errors import Rejected
 from resume.protocol.upload import Begin, new_file_id
 from resume.store import open_store
 from resume.transfer.plan import collect_jobs
@@ -103,15 +102,14 @@ async def test_two_hosts_uploading_one_name_are_not_both_told_completed(
     async def host(i: int) -> str:
         with open_store(tmp_path / f"host{i}.db") as store:
             jobs = collect_jobs([sources[i]], name="report.bin")
-            try:
-                await Uploader(store, server.url, fast_options()).run(jobs)
-            except Rejected as exc:
-                return f"refused: {exc}"
-            return "completed"
+            [result] = await Uploader(store, server.url, fast_options()).run(jobs)
+            return f"{result.state}: {result.error}"
 
     outcomes = await asyncio.gather(host(0), host(1))
-    assert sorted(o.split(":")[0] for o in outcomes) == ["completed", "refused"]
-    winner = outcomes.index("completed")
+    assert sorted(o.split(":")[0] for o in outcomes) == ["completed", "failed"]
+    loser = next(o for o in outcomes if o.startswith("failed"))
+    assert "name_in_use" in loser or "exists" in loser or "being uploaded" in loser, loser
+    winner = [o.split(":")[0] for o in outcomes].index("completed")
     assert (server.root / "report.bin").read_bytes() == sources[winner].read_bytes()
 
 

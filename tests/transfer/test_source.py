@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from resume.errors import SourceChanged, UsageError
+from resume.errors import SourceChanged, SourceError
 from resume.protocol.ledger import Ledger
 from resume.transfer.source import ChunkSource, Fingerprint, chunk_checksum, file_checksum
 
@@ -76,7 +76,7 @@ def test_fingerprint_detects_edit_and_replace(data_file: Path, tmp_path: Path) -
         original.check_against(data_file)
 
 
-def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+def test_missing_file_is_a_source_error(tmp_path: Path) -> None:
     """Fingerprinting a path that does not exist says so plainly."""
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(SourceError, match="no such file"):
         Fingerprint.of(tmp_path / "nope")

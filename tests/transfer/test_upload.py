@@ -16,7 +16,6 @@ from resume.errors import (
     Interrupted,
     Rejected,
     ServerError,
-    SourceChanged,
 )
 from resume.net.connector import ConnectOptions
 from resume.store import Store
@@ -53,6 +52,9 @@ class StopAfter:
         pass
 
     def connection(self, event: object) -> None:
+        pass
+
+    def notice(self, message: str) -> None:
         pass
 
 
@@ -126,15 +128,44 @@ async def test_directories_keep_relative_paths_and_empty_files_work(
         assert (server.root / "photos" / name).read_bytes() == (tree / name).read_bytes()
 
 
-async def test_rerunning_a_finished_upload_sends_nothing(
+async def test_rerunning_a_finished_upload_asks_the_server(
     server: RunningServer, client_store: Store, tmp_path: Path
 ) -> None:
-    """The same command after success is a no-op: state skipped, zero bytes sent."""
+    """A finished upload re-run is confirmed by the server (nothing sent), not by the record."""
+    source = make_file(tmp_path / "data.bin", 300_000)
+    [first] = await upload(client_store, server.url, [source])
+    [again] = await upload(client_store, server.url, [source])
+    assert (again.state, again.bytes_sent, again.file_id) == ("verified", 0, first.file_id)
+    [checked] = await upload(client_store, server.url, [source], verify=True)
+    assert (checked.state, checked.bytes_sent) == ("verified", 0)
+
+
+async def test_a_finished_upload_deleted_on_the_server_is_sent_again(
+    server: RunningServer, client_store: Store, tmp_path: Path
+) -> None:
+    """The server says the published file is gone: a new transfer sends the whole file."""
+    source = make_file(tmp_path / "data.bin", 300_000)
+    [first] = await upload(client_store, server.url, [source])
+    os.unlink(server.root / "data.bin")
+    [again] = await upload(client_store, server.url, [source])
+    assert again.state == "completed" and again.bytes_sent == 300_000
+    assert again.file_id != first.file_id
+    assert (server.root / "data.bin").read_bytes() == source.read_bytes()
+
+
+async def test_a_finished_upload_replaced_on_the_server_is_sent_again(
+    server: RunningServer, client_store: Store, tmp_path: Path
+) -> None:
+    """Same size, other bytes under the name: --verify re-hashes and sends the file again."""
     source = make_file(tmp_path / "data.bin", 300_000)
     await upload(client_store, server.url, [source])
-    os.unlink(server.root / "data.bin")  # the server is not even asked
-    [again] = await upload(client_store, server.url, [source])
-    assert (again.state, again.bytes_sent) == ("skipped", 0)
+    published = server.root / "data.bin"
+    stat = published.stat()
+    published.write_bytes(b"x" * 300_000)
+    os.utime(published, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # hide it from a stat check
+    [again] = await upload(client_store, server.url, [source], verify=True, overwrite=True)
+    assert again.state == "completed" and again.bytes_sent == 300_000
+    assert published.read_bytes() == source.read_bytes()
 
 
 async def test_interrupted_upload_resumes_from_the_breakpoint(
@@ -181,8 +212,8 @@ async def test_a_changed_source_is_refused_until_restart(
     make_file(source, 1_000_000, seed=99)  # same size, new content, new mtime
     os.utime(source, ns=(time.time_ns() + 10**9,) * 2)
 
-    with pytest.raises(SourceChanged, match="--restart"):
-        await upload(client_store, server.url, [source])
+    [failed] = await upload(client_store, server.url, [source])
+    assert failed.state == "failed" and "--restart" in (failed.error or "")
     assert not (server.root / "data.bin").exists()
 
     [result] = await upload(client_store, server.url, [source], restart=True)
@@ -245,10 +276,13 @@ async def test_file_over_the_server_limit_is_refused(
     """--max-size on the server refuses a larger file before any byte is stored."""
     server = await start_server(max_file_size=100_000)
     source = make_file(tmp_path / "big.bin", 100_001)
-    with pytest.raises(Rejected, match="limit"):
-        await upload(client_store, server.url, [source])
+    small = make_file(tmp_path / "small.bin", 1_000)
+    big, other = await upload(client_store, server.url, [source, small])
+    assert big.state == "failed" and "too large" in (big.error or "")
+    assert other.state == "completed"  # the refusal of one file does not stop the others
     assert partial_files(server.root) == []
-    assert client_store.transfers.summaries()[0].transfer.state is TransferState.FAILED
+    states = {s.transfer.name: s.transfer.state for s in client_store.transfers.summaries()}
+    assert states == {"big.bin": TransferState.FAILED, "small.bin": TransferState.COMPLETED}
 
 
 async def test_cancel_drops_the_partial_on_the_server(
@@ -286,7 +320,7 @@ async def test_disk_full_is_a_clear_error_and_the_server_goes_on(
     """A file larger than the free space fails with disk_full; nothing lands; others proceed."""
     server = await start_server(root=tiny_disk / "root")
     big = make_file(tmp_path / "big.bin", 5 * 2**20)
-    with pytest.raises(ServerError, match="no space"):
+    with pytest.raises(ServerError, match="disk is full"):
         await upload(client_store, server.url, [big])
     assert not (server.root / "big.bin").exists()
     assert partial_files(server.root) == []
@@ -295,3 +329,21 @@ async def test_disk_full_is_a_clear_error_and_the_server_goes_on(
     assert (server.root / "small.bin").read_bytes() == small.read_bytes()
     assert result.state == "completed"
     await server.shutdown()  # release the tmpfs before it is unmounted
+
+
+async def test_a_finished_upload_is_sent_again_to_a_server_that_forgot_it(
+    start_server: StartServer, client_store: Store, tmp_path: Path
+) -> None:
+    """The server's store and the file are gone: the re-run reconciles and sends it all."""
+    import shutil
+
+    server = await start_server()
+    source = make_file(tmp_path / "data.bin", 300_000)
+    [first] = await upload(client_store, server.url, [source])
+    await server.shutdown()
+    shutil.rmtree(server.root / ".resume")
+    (server.root / "data.bin").unlink()
+    server = await start_server(port=server.port)
+    [again] = await upload(client_store, server.url, [source])
+    assert (again.state, again.bytes_sent, again.file_id) == ("completed", 300_000, first.file_id)
+    assert (server.root / "data.bin").read_bytes() == source.read_bytes()

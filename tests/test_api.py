@@ -1,0 +1,111 @@
+"""The Python API as a user finds it: top-level names, one-call upload, consistent refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import resume
+from resume.errors import SourceError, UsageError, WaitTimeout
+from resume.net.backoff import Backoff
+from resume.transfer.plan import collect_jobs
+from tests.processes import resume_env
+from tests.transfer.conftest import make_file
+
+
+def test_public_names_come_from_the_top_level_package() -> None:
+    """`from resume import StreamClient` and friends work; each is the defining module's."""
+    from resume import (  # noqa: F401 - importing them is the test
+        FileResult,
+        RawClient,
+        ResumeError,
+        StreamClient,
+        Uploader,
+        UploadOptions,
+        open_store,
+        upload,
+    )
+    from resume.stream.client import StreamClient as Defined
+
+    assert resume.StreamClient is Defined
+    assert issubclass(resume.SourceChanged, resume.FatalError)
+    assert {"StreamClient", "Uploader", "open_store", "upload", "ResumeError"} <= set(dir(resume))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        resume.Nope  # noqa: B018
+
+
+def test_import_resume_loads_nothing_heavy() -> None:
+    """`import resume` does not import websockets, SQLAlchemy or rich (names load on use)."""
+    code = (
+        "import sys, json, resume; "
+        "print(json.dumps([m for m in ('websockets', 'sqlalchemy', 'rich', 'alembic') "
+        "if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=resume_env(), check=True
+    ).stdout
+    assert json.loads(out) == []
+
+
+def test_collect_jobs_accepts_str_and_refuses_consistently(tmp_path: Path) -> None:
+    """str or PathLike; a missing path is a UsageError; what cannot be sent goes to on_skip."""
+    make_file(tmp_path / "d" / "ok.bin", 10)
+    os.mkfifo(tmp_path / "d" / "pipe")
+    skipped = []
+    jobs = collect_jobs([str(tmp_path / "d")], on_skip=skipped.append)
+    assert [j.name for j in jobs] == ["d/ok.bin"] and jobs[0].size == 10
+    assert [s.path.name for s in skipped] == ["pipe"]
+    with pytest.raises(UsageError, match="not a regular file"):
+        collect_jobs([tmp_path / "d"])  # without on_skip: the first problem raises
+    with pytest.raises(UsageError, match="no such file"):
+        collect_jobs([str(tmp_path / "nope")])
+
+
+def test_stream_client_refusals_are_usage_errors() -> None:
+    """A consumer name without a store, or a bad channel name: refused at construction."""
+    with pytest.raises(UsageError, match="consumer name keeps its position in a store"):
+        resume.StreamClient("ws://127.0.0.1:1/streams/orders", consumer="billing")
+    with pytest.raises(UsageError, match="bad channel name 'bad name'"):
+        resume.StreamClient("ws://127.0.0.1:1/streams/bad name")
+    with pytest.raises(UsageError, match="expected ws://HOST:PORT/streams/NAME"):
+        resume.StreamClient("ws://127.0.0.1:1/upload")
+
+
+async def test_timeouts_say_what_they_waited_for() -> None:
+    """ready(timeout=) raises a WaitTimeout (also a TimeoutError) naming the wait."""
+    client = resume.StreamClient(
+        "ws://127.0.0.1:9/streams/orders",
+        options=resume.StreamOptions(backoff=Backoff(base=0.05, cap=0.1)),
+    )
+    await client.start()
+    try:
+        with pytest.raises(
+            WaitTimeout, match=r"no welcome from the server at .*orders within 0.3s"
+        ):
+            await client.ready(timeout=0.3)
+        with pytest.raises(TimeoutError):
+            await client.ready(timeout=0.1)
+    finally:
+        await client.close()
+
+
+def test_a_source_error_is_fatal_and_never_a_connection_error() -> None:
+    """EIO and EACCES on the source are SourceError (fatal); the connection layer does not
+    turn an arbitrary OSError into "cannot connect"."""
+    import errno
+
+    from resume.errors import Verdict, classify
+    from resume.net.connector import translate
+    from resume.transfer.source import source_error
+
+    for code in (errno.EIO, errno.EACCES):
+        error = source_error("/data/x.bin", OSError(code, os.strerror(code)))
+        assert isinstance(error, SourceError) and "/data/x.bin" in str(error)
+        assert classify(error) is Verdict.FATAL
+        assert translate(OSError(code, os.strerror(code))) is None
+    assert translate(ConnectionRefusedError(errno.ECONNREFUSED, "refused")) is not None
