@@ -50,9 +50,9 @@ from resume.store.models import TransferState
 from resume.store.transfers import TransferRecord
 from resume.store.tus import PartRecord, TusPartRepository
 from resume.transfer.plan import FileJob
+from resume.transfer.resumption import RESTART_HINT, find_transfer
 from resume.transfer.source import FILE_ALGO, ChunkSource, Fingerprint, chunk_checksum
 from resume.transfer.upload import (
-    RESTART_HINT,
     FileResult,
     UploadOptions,
     UploadProgress,
@@ -203,28 +203,16 @@ class TusUploader:
     def _plan(self, job: FileJob) -> _FileState:
         """Find the transfer to resume for ``job``, or start a new one (as the WebSocket path)."""
         fingerprint = Fingerprint.of(job.path)
-        record = self.repo.latest_for(str(job.path), self.url, job.name)
-        if (
-            record is not None
-            and self.options.restart
-            and record.state not in (TransferState.COMPLETED, TransferState.CANCELLED)
-        ):
-            self.repo.update(record.file_id, state=TransferState.CANCELLED, last_error="restarted")
-            self._terminate.extend(upload_urls(self.store, record))
-            record = None
-        if record is not None and record.state is TransferState.COMPLETED:
-            if _fingerprint(record) == fingerprint and not self.options.restart:
-                result = FileResult(job, record.file_id, record.size, "skipped", None, record.size)
-                ledger = self.repo.load_ledger(record)
-                return _FileState(job, record, ledger, fingerprint, result, done=True)
-            record = None  # a new version of a file sent before: a new transfer
-        if record is not None and record.state is TransferState.CANCELLED:
-            record = None
-        if record is not None and _fingerprint(record) != fingerprint:
-            raise SourceChanged(
-                f"{job.path} changed since its transfer {record.file_id[:8]} began "
-                f"({_fingerprint(record).differences(fingerprint)}); {RESTART_HINT}"
-            )
+        found = find_transfer(
+            self.repo, job, fingerprint, url=self.url, restart=self.options.restart
+        )
+        if found.dropped is not None:
+            self._terminate.extend(upload_urls(self.store, found.dropped))
+        record = found.record
+        if record is not None and found.finished:
+            result = FileResult(job, record.file_id, record.size, "skipped", None, record.size)
+            ledger = self.repo.load_ledger(record)
+            return _FileState(job, record, ledger, fingerprint, result, done=True)
         if record is None:
             record = self.repo.create(
                 file_id=new_file_id(),
@@ -814,7 +802,3 @@ def _detail(response: httpx.Response) -> str:
     except (UnicodeDecodeError, LookupError):
         text = ""
     return f": {text}" if text else ""
-
-
-def _fingerprint(record: TransferRecord) -> Fingerprint:
-    return Fingerprint(size=record.size, mtime_ns=record.mtime_ns, inode=record.inode)

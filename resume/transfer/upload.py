@@ -72,6 +72,7 @@ from resume.store.states import TransferState
 from resume.store.transfers import LockOwner, TransferRecord, lock_key
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 from resume.transfer.plan import FileJob, server_identity, upload_url
+from resume.transfer.resumption import RESTART_HINT, find_transfer
 from resume.transfer.source import (
     FILE_ALGO,
     ChunkSource,
@@ -84,7 +85,6 @@ from resume.transfer.source import (
 log = logging.getLogger("resume.upload")
 
 PREPARE_BATCH = 4  # chunks read and prepared per transaction: fewer commits, bounded memory
-RESTART_HINT = "run the same command with --restart to send it again from the start"
 VERIFY_TIMEOUT = 600.0  # the server re-reads a whole file to verify it: allow for a large one
 
 # What fails one file and lets the run go on with the others.
@@ -321,28 +321,17 @@ class Uploader:
         """Find the transfer to resume for ``job``, or start a new one."""
         fd, fingerprint = open_source(job.path)  # readable and regular, before any begin
         os.close(fd)
-        record = self.repo.latest_for(str(job.path), self.base_url, job.name, server=self.server)
-        if (
-            record is not None
-            and self.options.restart
-            and record.state not in (TransferState.COMPLETED, TransferState.CANCELLED)
-        ):
-            self.repo.update(record.file_id, state=TransferState.CANCELLED, last_error="restarted")
-            self._cancel_on_server.append(record.file_id)
-            record = None
-        check_only = False
-        if record is not None and record.state is TransferState.COMPLETED:
-            if _fingerprint(record) == fingerprint and not self.options.restart:
-                check_only = True  # the server says whether it still has it
-            else:
-                record = None  # a new version of a file sent before: a new transfer
-        if record is not None and record.state is TransferState.CANCELLED:
-            record = None
-        if record is not None and _fingerprint(record) != fingerprint:
-            raise SourceChanged(
-                f"{job.path} changed since its transfer {record.file_id[:8]} began "
-                f"({_fingerprint(record).differences(fingerprint)}); {RESTART_HINT}"
-            )
+        found = find_transfer(
+            self.repo,
+            job,
+            fingerprint,
+            url=self.base_url,
+            server=self.server,
+            restart=self.options.restart,
+        )
+        if found.dropped is not None:
+            self._cancel_on_server.append(found.dropped.file_id)
+        record, check_only = found.record, found.finished  # finished: the server says if it has it
         if record is not None and record.chunk_size != self.options.chunk_size:
             log.info(
                 "%s: resuming with the chunk size it began with (%d)", job.name, record.chunk_size
@@ -842,7 +831,3 @@ def server_error(code: str, text: str) -> ResumeError:
     if code == ErrorCode.STORAGE:
         return ServerError(f"the server could not store the data ({text})", code=code)
     return ProtocolError(f"server error {code}: {text}")
-
-
-def _fingerprint(record: TransferRecord) -> Fingerprint:
-    return Fingerprint(size=record.size, mtime_ns=record.mtime_ns, inode=record.inode)
