@@ -1,6 +1,6 @@
 """Logging for `resume serve`: plain lines for people, one JSON object per line for shippers.
 
-Third-party libraries (Alembic, websockets, SQLAlchemy, asyncio) are held at WARNING unless
+Third-party libraries (Alembic, websockets, uvicorn, SQLAlchemy, asyncio) are held at WARNING unless
 asked for: their INFO lines (Alembic's plugin setup, websockets' own "connection open") repeat
 what `resume` already says, without the peer address. ``-vv`` lets them through.
 
@@ -19,7 +19,7 @@ from typing import Any, Literal, TextIO
 LogFormat = Literal["text", "json"]
 FORMATS: tuple[LogFormat, ...] = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
-THIRD_PARTY = ("alembic", "websockets", "sqlalchemy", "asyncio", "aiosqlite")
+THIRD_PARTY = ("alembic", "websockets", "sqlalchemy", "asyncio", "aiosqlite", "uvicorn")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Attributes every LogRecord has; anything else on a record came in through ``extra=``.

@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import sqlite3
+from email.message import Message
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +19,7 @@ from resume.transfer.upload import Uploader
 from tests.transfer.conftest import RunningServer, StartServer, fast_options, make_file
 
 
-def get(url: str, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+def get(url: str, path: str, token: str | None = None) -> tuple[int, Message, bytes]:
     """A blocking HTTP GET (run it in a thread: the server shares this event loop)."""
     host, port = url.removeprefix("ws://").rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -26,7 +27,7 @@ def get(url: str, path: str, token: str | None = None) -> tuple[int, dict[str, s
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, response.headers, response.read()
     finally:
         connection.close()
 
