@@ -6,7 +6,8 @@ Embed it in your own `websockets` server::
     async with serve(app.handler, "127.0.0.1", 8765, **app.serve_options()):
         await asyncio.Future()
 
-Paths: ``/upload`` for resumable uploads, ``/streams/<name>`` for stream channels. The bearer
+Paths: ``/upload`` for resumable uploads, ``/streams/<name>`` for stream channels (WebSocket),
+``/files`` for uploads over HTTP (tus 1.0 and the IETF draft, :mod:`resume.transfer.tus_endpoint`). The bearer
 token (plain, or a scoped JWT: :mod:`resume.auth`), when configured, is checked before the
 WebSocket upgrade (HTTP 401 otherwise; 403 for a path the token does not allow, when the
 endpoint has an ``authorize(principal, argument)`` method). Plain HTTP GETs of ``/healthz``,
@@ -31,21 +32,25 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from resume import tls
-from resume.auth import Authenticator
+from resume.asgi import HttpRequest, Receive, Scope, Send, respond
+from resume.auth import EVERYONE, Authenticator, Principal, Unauthorized
 from resume.errors import UsageError
+from resume.listener import Listener, WebSocketHandoff
 from resume.logs import peer
 from resume.metrics import ServerMetrics
 from resume.ops import HttpReply, OpsRoutes, ping_store
 from resume.protocol.frames import CHANNEL_NAME, SUBPROTOCOL, CloseCode
+from resume.protocol.tus_server import Settings as TusSettings
 from resume.rootlock import RootLock
 from resume.store import Store, open_store
 from resume.stream.endpoint import StreamEndpoint
 from resume.transfer.receiver import UploadEndpoint, UploadLimits
+from resume.transfer.tus_endpoint import TusEndpoint
 
 log = logging.getLogger("resume.server")
 
@@ -82,6 +87,7 @@ class ServerConfig:
     client_ca: Path | None = None  # TLS: require client certificates signed by these CAs
     allow_anonymous: bool = False  # serve a non-loopback address without any authentication
     min_free_space: int = 256 * 2**20  # /readyz fails below this many free bytes on the root
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to use /files ("*": any)
 
     @property
     def state_dir(self) -> Path:
@@ -101,8 +107,21 @@ class Endpoint(Protocol):
         """Finish background work (called once, when the server stops)."""
 
 
+class HttpEndpoint(Protocol):
+    """What serves plain HTTP requests under one path prefix (the tus endpoint)."""
+
+    async def serve_http(
+        self, request: HttpRequest, principal: Principal, receive: Receive, send: Send
+    ) -> None:
+        """Answer one request whose path starts with the endpoint's prefix."""
+
+    async def close(self) -> None:
+        """Finish background work (called once, when the server stops)."""
+
+
 class ResumeApp:
-    """The request check and connection handler; usable inside any `websockets` server.
+    """The request check and connection handler; usable inside any `websockets` server, and
+    an ASGI app for the plain HTTP routes (:meth:`http`).
 
     With its own SQLite store (no ``store`` given) the app locks the root: a second app on the
     same root raises :class:`~resume.errors.StoreLocked`. Call :meth:`close` to let go.
@@ -143,6 +162,7 @@ class ResumeApp:
         self.config = config
         self.routes: dict[str, Endpoint] = {}
         self.exact: dict[str, Endpoint] = {}
+        self.http_routes: dict[str, HttpEndpoint] = {}
         self.active = 0  # connections being served
         self.metrics = ServerMetrics()
         self.metrics.watch_disk(root)
@@ -162,6 +182,10 @@ class ResumeApp:
     def mount_exact(self, path: str, endpoint: Endpoint) -> None:
         """Serve exactly ``path`` with ``endpoint``."""
         self.exact[path] = endpoint
+
+    def mount_http(self, prefix: str, endpoint: HttpEndpoint) -> None:
+        """Serve plain HTTP requests for ``/<prefix>`` and ``/<prefix>/...`` with ``endpoint``."""
+        self.http_routes[prefix] = endpoint
 
     def route(self, path: str) -> tuple[Endpoint, str] | None:
         """The endpoint and argument for a request path, or None."""
@@ -197,11 +221,12 @@ class ResumeApp:
         if self.config.client_ca is not None and not tls.has_client_certificate(
             connection.transport
         ):
-            self.refused_auth(connection, request, "no client certificate")
+            self.refused_auth(peer(connection), "GET", request.path, "no client certificate")
             return connection.respond(HTTPStatus.FORBIDDEN, "a client certificate is required\n")
         refused = self.auth.process_request(connection, request)
         if refused is not None:
-            self.refused_auth(connection, request, refused.body.decode(errors="replace").strip())
+            why = refused.body.decode(errors="replace").strip()
+            self.refused_auth(peer(connection), "GET", request.path, why)
             return refused
         if OpsRoutes.owns(request.path):
             return await self.answer_http(request)
@@ -225,16 +250,67 @@ class ResumeApp:
             return response
         return None
 
-    def refused_auth(self, connection: ServerConnection, request: Request, why: str) -> None:
+    def refused_auth(self, who: str, method: str, path: str, why: str) -> None:
         """Log and count a refused authentication (``why`` never contains the credential)."""
         self.metrics.auth_refused.inc()
         log.info(
-            "refused %s GET %s: %s",
-            peer(connection),
-            request.path,
+            "refused %s %s %s: %s",
+            who,
+            method,
+            path,
             why,
-            extra={"peer": peer(connection), "path": request.path, "event": "auth_refused"},
+            extra={"peer": who, "path": path, "event": "auth_refused"},
         )
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app for plain HTTP: health and metrics routes, then the HTTP endpoints.
+
+        The same checks as before a WebSocket upgrade: 400 for two ``Authorization`` headers,
+        403 without a required client certificate, 401 for a refused token, 404 for an unknown
+        path (426 for a WebSocket path asked without the upgrade).
+        """
+        if scope["type"] != "http":
+            return  # lifespan and websocket scopes never reach here (uvicorn hands them off)
+        request = HttpRequest.from_scope(scope)
+        if OpsRoutes.is_public(request.path):
+            await _send_reply(send, await self.ops.answer(request.method, request.path, {}))
+            return
+        if len(request.all("authorization")) > 1:
+            await respond(send, 400, _TEXT, b"more than one Authorization header\n")
+            return
+        if self.config.client_ca is not None and not request.client_certificate:
+            self.refused_auth(request.client, request.method, request.path, "no client certificate")
+            await respond(send, 403, _TEXT, b"a client certificate is required\n")
+            return
+        endpoint, _, _ = request.path.lstrip("/").partition("/")
+        http_endpoint = self.http_routes.get(endpoint)
+        if request.method == "OPTIONS" and http_endpoint is not None:
+            principal = None  # tus: OPTIONS tells capabilities and CORS, with no credentials
+        else:
+            try:
+                principal = self.auth.authenticate(request.header("authorization"))
+            except Unauthorized as exc:
+                self.refused_auth(request.client, request.method, request.path, str(exc))
+                await respond(
+                    send,
+                    401,
+                    [*_TEXT, ("WWW-Authenticate", 'Bearer realm="resume"')],
+                    f"{exc}\n".encode(),
+                )
+                return
+        if OpsRoutes.owns(request.path):
+            await _send_reply(send, await self.ops.answer(request.method, request.path, {}))
+        elif http_endpoint is not None:
+            await http_endpoint.serve_http(request, principal or EVERYONE, receive, send)
+        elif self.route(request.path) is not None:
+            await respond(
+                send,
+                426,
+                [*_TEXT, ("Upgrade", "websocket")],
+                b"this path is a WebSocket endpoint: upgrade the connection\n",
+            )
+        else:
+            await respond(send, 404, _TEXT, f"no such endpoint: {request.path}\n".encode())
 
     async def answer_http(self, request: Request) -> Response:
         """A plain HTTP answer from :class:`OpsRoutes`, as a `websockets` response."""
@@ -315,6 +391,8 @@ class ResumeApp:
         try:
             for endpoint in {*self.routes.values(), *self.exact.values()}:
                 await endpoint.close()
+            for http_endpoint in self.http_routes.values():
+                await http_endpoint.close()
             self.store.close()
         finally:
             if self.lock is not None:
@@ -351,6 +429,13 @@ def _log_connection(connection: ServerConnection, live: LiveConnection, path: st
             "duration_s": round(duration, 3),
         },
     )
+
+
+_TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+
+
+async def _send_reply(send: Send, reply: HttpReply) -> None:
+    await respond(send, reply.status, reply.headers, reply.body)
 
 
 def _response(reply: HttpReply) -> Response:
@@ -418,6 +503,17 @@ def build_app(config: ServerConfig) -> ResumeApp:
     uploads.metrics = app.metrics
     app.metrics.watch_uploads(lambda: sum(u.owner is not None for u in uploads.uploads.values()))
     app.mount_exact("/upload", uploads)
+    app.mount_http(
+        "files",
+        TusEndpoint(
+            uploads,
+            settings=TusSettings(
+                max_size=config.max_file_size,
+                expire=config.expire,
+                cors_origins=config.cors_origins,
+            ),
+        ),
+    )
     streams = StreamEndpoint(
         app.store,
         max_message_size=config.stream_max_message,
@@ -438,22 +534,45 @@ async def run_server(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     app_factory: Callable[[ServerConfig], ResumeApp] = build_app,
-    after_start: Callable[[Server], Awaitable[None]] | None = None,
+    after_start: Callable[[Listener], Awaitable[None]] | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then close every connection with 1001 and return.
 
-    Raises :class:`UsageError` for a non-loopback address without authentication (see
-    :func:`check_exposure`) and :class:`~resume.errors.StoreLocked` if another server holds
-    the root.
+    HTTP and WebSocket share the port (:mod:`resume.listener`). Raises :class:`UsageError` for
+    a non-loopback address without authentication (see :func:`check_exposure`) and
+    :class:`~resume.errors.StoreLocked` if another server holds the root.
     """
     check_exposure(config)
     app = app_factory(config)
     stop = stop or asyncio.Event()
+    options = app.serve_options()
+    listener = Listener(
+        app.http,
+        WebSocketHandoff(
+            app.handler,
+            process_request=app.process_request,
+            select_subprotocol=options["select_subprotocol"],
+            subprotocols=options["subprotocols"],
+            max_size=options["max_size"],
+            max_queue=options["max_queue"],
+            write_limit=options["write_limit"],
+            ping_interval=options["ping_interval"],
+            ping_timeout=options["ping_timeout"],
+        ),
+        host=config.host,
+        port=config.port,
+        ssl_context=app.ssl_context,
+    )
     try:
-        async with serve(app.handler, config.host, config.port, **app.serve_options()) as server:
-            host, port = server.sockets[0].getsockname()[:2]
-            scheme = "wss" if app.ssl_context is not None else "ws"
-            url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        try:
+            host, port = await listener.start()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from exc
+        scheme = "wss" if app.ssl_context is not None else "ws"
+        url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        try:
             if app.lock is not None:
                 fingerprint = tls.certificate_sha256(config.certfile) if config.certfile else None
                 app.lock.describe(url=url, cert_sha256=fingerprint)
@@ -461,19 +580,18 @@ async def run_server(
             if ready is not None:
                 ready(url)
             if after_start is not None:
-                await after_start(server)
+                await after_start(listener)
             await stop.wait()
             app.ops.stopping = True
-            server.close(
-                close_connections=True, code=CloseCode.GOING_AWAY, reason="server stopping"
-            )
-            await server.wait_closed()
+        finally:
+            await listener.stop(code=CloseCode.GOING_AWAY, reason="server stopping")
     finally:
         await app.close()
 
 
 __all__ = [
     "Endpoint",
+    "HttpEndpoint",
     "ResumeApp",
     "ServerConfig",
     "build_app",

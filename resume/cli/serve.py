@@ -150,6 +150,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="do not serve: list ROOT's partial uploads and channels (as `resume server-status`)",
     )
     parser.add_argument("--json", action="store_true", help="with --list: print JSON")
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN (e.g. https://app.example.com, or *) use the HTTP "
+        "upload endpoint /files (tus-js-client, Uppy); repeat for several",
+    )
     tls_group = parser.add_argument_group("TLS")
     tls_group.add_argument(
         "--certfile", metavar="FILE", type=Path, help="serve wss://: certificate chain (PEM)"
@@ -244,6 +251,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         client_ca=args.client_ca,
         allow_anonymous=args.allow_anonymous,
         min_free_space=min_free_space,
+        cors_origins=tuple(args.cors_origin or ()),
     )
 
 

@@ -19,6 +19,13 @@ batch, then *held* once the batch is fsynced and recorded. Only held chunks are 
 held chunks are reported to a reconnecting client. A repeated chunk that is already held with
 the same checksum is acked again without a write (idempotent).
 
+Appended uploads (tus / HTTP): bytes arrive as one stream from offset 0, in requests of any
+length. Whole chunks of the same geometry are ``written`` as above; the stream's end, which may
+lie inside a chunk, is ``appended`` and becomes the durable *extent* with the next sync batch.
+:attr:`Reception.offset` counts the extent too, so an HTTP response can acknowledge exactly the
+bytes that are fsynced and recorded. A length given later (tus ``creation-defer-length``) is
+given to ``declare_size`` once known; until then the geometry's size is a placeholder.
+
 Every legal move is a row of :data:`TRANSITIONS`; anything else raises :class:`ReceptionError`
 and leaves the machine in a sticky error state, like the client ledger.
 """
@@ -129,6 +136,7 @@ class SyncBatch:
     """Chunks written since the last sync: make them durable, record them, then ack them."""
 
     chunks: tuple[tuple[int, str], ...]  # (index, checksum), each index once, in write order
+    end: int | None = None  # appended uploads: bytes [0, end) are durable once this batch is
 
     @property
     def indexes(self) -> list[int]:
@@ -148,10 +156,15 @@ class Reception:
     owned: bool = False  # whether a connection owns it right now
     checksum: str | None = None  # the whole-file xxh3-128, once the client gave it at finish
     overwrite: bool = False  # the owner may replace an existing file at the destination
+    extent: int = 0  # appended uploads: bytes [0, extent) are durable (may end inside a chunk)
+    size_known: bool = True  # False while an appended upload's length is deferred
+    _written_end: int | None = None  # appended: the stream's end written, not yet in a batch
+    _written_end_by: int = 0
     _written: dict[int, str] = field(default_factory=dict)  # written, not yet in a sync batch
     _syncing: dict[int, str] = field(default_factory=dict)  # in the sync batch in progress
     _written_by: dict[int, int] = field(default_factory=dict)  # the epoch that wrote each
     _syncing_by: dict[int, int] = field(default_factory=dict)
+    _syncing_end: int | None = None
     _error: ReceptionError | None = None
 
     # -- queries -----------------------------------------------------------------------------
@@ -163,13 +176,13 @@ class Reception:
 
     @property
     def offset(self) -> int:
-        """Bytes held from the start of the file without a hole."""
-        return self.geometry.contiguous_offset(self.held)
+        """Bytes durably held from the start of the file without a hole."""
+        return max(self.geometry.contiguous_offset(self.held), self.extent)
 
     @property
     def unsynced(self) -> bool:
         """Whether written chunks await a sync (or one is in progress)."""
-        return bool(self._written or self._syncing)
+        return bool(self._written or self._syncing or self._written_end is not None)
 
     def owns(self, epoch: int) -> bool:
         """Whether ``epoch`` is the current owner's."""
@@ -183,6 +196,7 @@ class Reception:
         self.epoch += 1
         self.owned = True
         self.overwrite = overwrite
+        self._written_end = None  # an earlier owner's unsynced stream end is not vouched for
         return self.epoch
 
     def release(self, epoch: int) -> bool:
@@ -220,16 +234,42 @@ class Reception:
         self._written[index] = checksum  # re-inserted: a rewrite is ordered after older writes
         self._written_by[index] = epoch
 
+    def appended(self, epoch: int, end: int) -> None:
+        """Appended uploads: the owner wrote the stream up to ``end`` (not yet durable).
+
+        Every whole chunk before ``end`` must have been ``written`` (or be held) already.
+        """
+        self._move(Event.CHUNK, Phase.RECEIVING)
+        if not self.owns(epoch):
+            raise self._fail(f"appended() by epoch {epoch}, which does not own {self.file_id}")
+        if not self.offset <= end <= self.geometry.size:
+            raise self._fail(f"appended() to {end}, outside {self.offset}..{self.geometry.size}")
+        self._written_end = end
+        self._written_end_by = epoch
+
+    def declare_size(self, size: int) -> Geometry:
+        """Appended uploads: the length, deferred at creation, is now known. Returns the new
+        geometry (the store records it); raises :class:`ReceptionError` if it cannot be."""
+        self._check_usable()
+        if self.size_known:
+            raise self._fail(f"the length of {self.file_id} is known already")
+        if size < self.offset or size > self.geometry.size:
+            raise self._fail(f"length {size} is outside {self.offset}..{self.geometry.size}")
+        self.geometry = Geometry(size, self.geometry.chunk_size)
+        self.size_known = True
+        return self.geometry
+
     def sync_batch(self) -> SyncBatch | None:
         """Start a sync of everything written so far; None if nothing is."""
         self._check_usable()
-        if self._syncing:
+        if self._syncing or self._syncing_end is not None:
             raise self._fail("a sync batch is already in progress")
-        if not self._written:
+        if not self._written and self._written_end is None:
             return None
         self._syncing, self._written = self._written, {}
         self._syncing_by, self._written_by = self._written_by, {}
-        return SyncBatch(tuple(self._syncing.items()))
+        self._syncing_end, self._written_end = self._written_end, None
+        return SyncBatch(tuple(self._syncing.items()), self._syncing_end)
 
     def synced(self, batch: SyncBatch) -> list[tuple[int, str]]:
         """The batch is fsynced and recorded: it is held now. Returns what to ack.
@@ -240,10 +280,13 @@ class Reception:
         reconciliation, or resends them.
         """
         self._check_usable()
-        if tuple(self._syncing.items()) != batch.chunks:
+        if (tuple(self._syncing.items()), self._syncing_end) != (batch.chunks, batch.end):
             raise self._fail("synced() for a batch that is not the one in progress")
         self.held.update(self._syncing)
         writers, self._syncing, self._syncing_by = self._syncing_by, {}, {}
+        if batch.end is not None:
+            self.extent = max(self.extent, batch.end)
+        self._syncing_end = None
         if not self.owned:
             return []
         return [(i, c) for i, c in batch.chunks if writers.get(i) == self.epoch]
@@ -251,22 +294,25 @@ class Reception:
     def sync_failed(self, batch: SyncBatch) -> None:
         """The batch could not be made durable: none of it is held; the client sends it again."""
         self._check_usable()
-        if tuple(self._syncing.items()) != batch.chunks:
+        if (tuple(self._syncing.items()), self._syncing_end) != (batch.chunks, batch.end):
             raise self._fail("sync_failed() for a batch that is not the one in progress")
         for index, _ in batch.chunks:
             self.held.pop(index, None)  # its bytes on disk may be half-rewritten now
-        self._syncing, self._syncing_by = {}, {}
+        self._syncing, self._syncing_by, self._syncing_end = {}, {}, None
+        if batch.end is not None:  # the stream past the last held chunk is not vouched for
+            self.extent = min(self.extent, self.geometry.contiguous_offset(self.held))
 
     # -- finishing ---------------------------------------------------------------------------
 
-    def finish(self, epoch: int, checksum: str) -> FinishVerdict:
-        """The owner says the file is complete and hashes to ``checksum``."""
+    def finish(self, epoch: int, checksum: str | None) -> FinishVerdict:
+        """The owner says the file is complete and hashes to ``checksum`` (None: the client
+        names no whole-file checksum, as a tus client; whatever the file hashes to is kept)."""
         self._check_usable()
         if self.phase is not Phase.RECEIVING or not self.owns(epoch):
             return FinishVerdict(FinishOutcome.FENCED)
         if self.unsynced:
             return FinishVerdict(FinishOutcome.SYNC_FIRST)
-        if self.missing:
+        if self.missing or not self.size_known:
             return FinishVerdict(FinishOutcome.INCOMPLETE, self.missing)
         self._move(Event.FINISH, Phase.VERIFYING)
         self.checksum = checksum
@@ -277,6 +323,8 @@ class Reception:
 
         True moves to PUBLISHING (record the intent, then rename); False cancels the file.
         """
+        if self.checksum is None and self.phase is Phase.VERIFYING:
+            self.checksum = actual  # nothing was claimed: the file is what was appended
         if actual == self.checksum:
             self._move(Event.VERIFIED, Phase.PUBLISHING)
             return True
@@ -295,8 +343,10 @@ class Reception:
         self.epoch += 1
         self.owned = False
         self.held.clear()
+        self.extent = 0
         self._written.clear()
         self._written_by.clear()
+        self._written_end = None
 
     def abort_publish(self) -> None:
         """Verifying or publishing failed (the destination refused, an I/O error): back to
@@ -307,8 +357,10 @@ class Reception:
         """The partial data is gone: nothing is held any more; the client sends it all again."""
         self._move(Event.LOSE, Phase.RECEIVING)
         self.held.clear()
+        self.extent = 0
         self._written.clear()
         self._written_by.clear()
+        self._written_end = None
         self.checksum = None
 
     # -- internals ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import enum
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import xxhash
 
@@ -138,14 +139,19 @@ def checksum_header(algorithm: str, data: bytes | bytearray | memoryview) -> str
     return f"{algorithm} {base64.b64encode(digest(algorithm, data)).decode('ascii')}"
 
 
-def digest(algorithm: str, data: bytes | bytearray | memoryview) -> bytes:
-    """The raw digest of ``data`` with a tus checksum algorithm."""
+def new_hasher(algorithm: str) -> Any:
+    """A fresh hasher (``update``/``digest``/``copy``) for a tus checksum algorithm."""
     try:
-        hasher = _HASHES[algorithm]()
+        return _HASHES[algorithm]()
     except KeyError:
         raise TusProtocolError(f"unsupported checksum algorithm {algorithm!r}") from None
-    hasher.update(data)  # type: ignore[attr-defined]
-    return hasher.digest()  # type: ignore[attr-defined,no-any-return]
+
+
+def digest(algorithm: str, data: bytes | bytearray | memoryview) -> bytes:
+    """The raw digest of ``data`` with a tus checksum algorithm."""
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    return hasher.digest()  # type: ignore[no-any-return]
 
 
 def parse_checksum_header(header: str) -> tuple[str, bytes]:

@@ -150,6 +150,22 @@ class ReceivedFile(Base):
     published_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class HttpUpload(Base):
+    """Server side: what an upload over HTTP (tus 1.0, the IETF draft) adds to its file row."""
+
+    __tablename__ = "http_uploads"
+
+    file_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("received_files.file_id", ondelete="CASCADE"), primary_key=True
+    )
+    url_id: Mapped[str] = mapped_column(String(32))  # the id in its URL (/files/<url_id>)
+    metadata_header: Mapped[str | None] = mapped_column(Text)  # Upload-Metadata, as sent
+    length_deferred: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    concat: Mapped[str | None] = mapped_column(String(16))  # "partial" or "final"
+    parts: Mapped[str | None] = mapped_column(Text)  # a final upload's partial upload ids, spaced
+    digest: Mapped[str | None] = mapped_column(Text)  # Repr-Digest to check when complete
+
+
 class UploadName(Base):
     """Server side: a destination name claimed by one unfinished upload (one owner per name)."""
 

@@ -19,9 +19,17 @@ from sqlalchemy.exc import IntegrityError
 
 from resume.errors import Fenced, StoreError
 from resume.store.errors import store_errors
-from resume.store.models import ReceivedChunk, ReceivedFile, ReceiveState, UploadName, utcnow
+from resume.store.models import (
+    HttpUpload,
+    ReceivedChunk,
+    ReceivedFile,
+    ReceiveState,
+    UploadName,
+    utcnow,
+)
 
 FILES = ReceivedFile.__table__
+HTTP = HttpUpload.__table__
 CHUNKS = ReceivedChunk.__table__
 NAMES = UploadName.__table__
 UNFINISHED = (ReceiveState.RECEIVING.value, ReceiveState.PUBLISHING.value)
@@ -46,6 +54,19 @@ class ReceivedRecord:
     overwrite: bool
     published_inode: int | None
     published_mtime_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRecord:
+    """A row of ``http_uploads``: what an upload over HTTP adds to its file."""
+
+    file_id: str
+    url_id: str
+    metadata_header: str | None
+    length_deferred: bool
+    concat: str | None  # "partial", "final" or None
+    parts: str | None  # a final upload's partial upload (URL) ids, space-separated
+    digest: str | None  # an IETF Repr-Digest to check once the upload is complete
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,18 +119,26 @@ class ReceivedRepository:
         owner: str,
         overwrite: bool = False,
         lease_until: dt.datetime | None = None,
+        claim_name: bool = True,
+        http: dict[str, object] | None = None,
     ) -> ReceivedRecord | NameTaken:
         """Make ``owner`` the owner of a receiving file, creating it (and claiming its name).
 
         Returns the record with the owner's new epoch, or :class:`NameTaken` when the file is
         new and another unfinished upload holds the name. The caller checks beforehand that an
-        existing record matches (name, size, chunk size) and is still receiving.
+        existing record matches (name, size, chunk size) and is still receiving. A tus partial
+        upload is never published, so it claims no name (``claim_name=False``); an upload over
+        HTTP records its ``http_uploads`` row (``http``: its columns) with the file.
         """
         now = utcnow()
         try:
             with store_errors(), self.engine.begin() as conn:
                 if self._get(conn, file_id) is None:
-                    holder = conn.execute(select(NAMES).where(UploadName.name == name)).first()
+                    holder = (
+                        conn.execute(select(NAMES).where(UploadName.name == name)).first()
+                        if claim_name
+                        else None
+                    )
                     if holder is not None:
                         return NameTaken(holder.file_id, holder.timestamp)
                     conn.execute(
@@ -128,7 +157,12 @@ class ReceivedRepository:
                         )
                     )
                     # Unique: another node inserting the same name at once makes this fail.
-                    conn.execute(NAMES.insert().values(name=name, file_id=file_id, timestamp=now))
+                    if claim_name:
+                        conn.execute(
+                            NAMES.insert().values(name=name, file_id=file_id, timestamp=now)
+                        )
+                    if http is not None:
+                        conn.execute(HTTP.insert().values(file_id=file_id, **http))
                 conn.execute(
                     update(ReceivedFile)
                     .where(ReceivedFile.file_id == file_id)
@@ -171,13 +205,14 @@ class ReceivedRepository:
         """Record fsynced chunks (replacing older rows of the same index) and the new offset.
 
         Raises :class:`Fenced`, recording nothing, when ``epoch`` is no longer the file's.
+        An appended upload may record only a new offset (its stream ended inside a chunk).
         """
-        if not chunks:
-            return
         latest = {c.index: c for c in chunks}  # a chunk sent twice in one batch: the last wins
         now = utcnow()
         with store_errors(), self.engine.begin() as conn:
             self._fence(conn, file_id, epoch, offset=offset, timestamp=now)
+            if not latest:
+                return
             conn.execute(
                 delete(ReceivedChunk).where(
                     ReceivedChunk.file_id == file_id, ReceivedChunk.chunk_index.in_(list(latest))
@@ -196,6 +231,16 @@ class ReceivedRepository:
                     }
                     for c in latest.values()
                 ],
+            )
+
+    def declare_size(self, file_id: str, epoch: int, size: int) -> None:
+        """An upload whose length was deferred now has one; fenced."""
+        with store_errors(), self.engine.begin() as conn:
+            self._fence(conn, file_id, epoch, size=size, timestamp=utcnow())
+            conn.execute(
+                update(HttpUpload)
+                .where(HttpUpload.file_id == file_id)
+                .values(length_deferred=False)
             )
 
     def begin_publish(self, file_id: str, epoch: int, checksum: str, overwrite: bool) -> None:
@@ -281,9 +326,20 @@ class ReceivedRepository:
         with store_errors(), self.engine.begin() as conn:
             return [_record(row) for row in conn.execute(query)]
 
+    def http(self, file_id: str) -> HttpRecord | None:
+        """What an upload over HTTP adds to its file row (None for WebSocket uploads)."""
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.execute(select(HTTP).where(HttpUpload.file_id == file_id)).first()
+        if row is None:
+            return None
+        values = dict(row._mapping)
+        values["length_deferred"] = bool(values["length_deferred"])
+        return HttpRecord(**values)
+
     def delete(self, file_id: str) -> None:
         """Forget a file, its chunks and its name claim entirely."""
         with store_errors(), self.engine.begin() as conn:
+            conn.execute(delete(HttpUpload).where(HttpUpload.file_id == file_id))
             conn.execute(delete(ReceivedChunk).where(ReceivedChunk.file_id == file_id))
             conn.execute(delete(UploadName).where(UploadName.file_id == file_id))
             conn.execute(delete(ReceivedFile).where(ReceivedFile.file_id == file_id))

@@ -20,7 +20,7 @@ import contextlib
 import errno
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
@@ -30,11 +30,29 @@ from resume.protocol.geometry import Geometry
 from resume.protocol.receive import Phase, Reception, Recovery, SyncBatch, recovery
 from resume.protocol.upload import Begin, ErrorCode
 from resume.store.models import ReceiveState
-from resume.store.received import NameTaken, ReceivedRecord, StoredChunk
+from resume.store.received import HttpRecord, NameTaken, ReceivedRecord, StoredChunk
 from resume.transfer.partial import PartialFile
+from resume.transfer.root import DestinationRefused
 
 if TYPE_CHECKING:
-    from resume.transfer.receiver import Connection, UploadEndpoint
+    from resume.transfer.receiver import UploadEndpoint
+
+
+class Owner(Protocol):
+    """Whoever owns a file right now: a WebSocket connection, or one HTTP request."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Tell the client (acks; an HTTP request answers at its end instead)."""
+
+    async def refuse(self, refusal: Refused, file_id: str | None = None) -> None:
+        """Tell the client its file failed (the group commit could not make it durable)."""
+
+    async def close_after(self, refusal: Refused) -> None:
+        """End the exchange after ``refusal``."""
+
+    def lose(self, upload: Upload, why: str) -> None:
+        """Another owner took ``upload`` (or it was cancelled): stop writing to it."""
+
 
 log = logging.getLogger("resume.receiver")
 
@@ -78,9 +96,10 @@ class Upload:
         self.file_id = file_id  # the server's id: the client's, namespaced by its principal
         self.wire_id = wire_id or file_id  # the id its client knows it by
         self.record: ReceivedRecord | None = None
+        self.http: HttpRecord | None = None  # uploads over HTTP: what their row adds
         self.reception: Reception | None = None  # None until the file is recorded
         self.partial = PartialFile(endpoint.root.partial_path(file_id), 0)
-        self.owner: Connection | None = None
+        self.owner: Owner | None = None
         self.fence = -1  # the store epoch of the current owner
         self.users = 0  # handlers holding this object; it is forgotten only at zero
         self.io = asyncio.Lock()
@@ -95,6 +114,7 @@ class Upload:
         self.hashed = 0  # chunks [0, hashed) are in ``hasher``
         self.hashed_sums: dict[int, str] = {}
         self.hasher_valid = True
+        self.appender: object | None = None  # uploads over HTTP: where the byte stream stands
         self._flusher: asyncio.Task[None] | None = None
         self.ready = asyncio.ensure_future(self._load(prelude))
 
@@ -110,6 +130,7 @@ class Upload:
         held: dict[int, str] = {}
         if record.state in (ReceiveState.RECEIVING, ReceiveState.PUBLISHING):
             held = await asyncio.to_thread(repo.held, self.file_id)
+        self.http = await asyncio.to_thread(repo.http, self.file_id)
         self._adopt(record, held)
         await self._recover()
 
@@ -125,6 +146,9 @@ class Upload:
             checksum=record.checksum,
             overwrite=record.overwrite,
         )
+        if self.http is not None:  # appended: its durable stream may end inside a chunk
+            self.reception.extent = record.offset
+            self.reception.size_known = not self.http.length_deferred
 
     async def _recover(self) -> None:
         """Make the record agree with the disk after whatever crash left them apart."""
@@ -164,6 +188,63 @@ class Upload:
                 await asyncio.to_thread(root.unlink_partial_link, self.partial.path)
             await self.record_complete()
 
+    async def publish(self, check: Callable[[], str | None] | None = None) -> None:
+        """Verify the whole file, record the intent, put it under its name, record that.
+
+        The machine must be VERIFYING (``finish`` said so); the caller holds ``io``. ``check``
+        (run in a thread after the whole-file hash matched) may refuse with a reason, which
+        cancels the file like a checksum mismatch. Raises :class:`Refused` (the file is
+        cancelled, or back to receiving with every chunk held) or :class:`Fenced`.
+        """
+        reception, endpoint = self.require(), self.endpoint
+        name = reception.name
+        self.partial.close()  # no descriptor may outlive the publish of this inode
+        try:
+            actual = await asyncio.to_thread(self.whole_checksum)
+            crash_point("publish.verified")
+            claimed = reception.checksum
+            verified = reception.verified(actual)
+            problem = await asyncio.to_thread(check) if verified and check else None
+            if not verified or problem:
+                # The chunks all matched but the whole does not: drop everything rather than
+                # keep bytes we cannot vouch for; the client starts this file over.
+                if reception.phase is not Phase.CANCELLED:
+                    reception.abort_publish()
+                    reception.cancel()
+                await asyncio.to_thread(endpoint.repo.cancel, self.file_id)
+                await asyncio.to_thread(self.partial.remove)
+                raise Refused(
+                    ErrorCode.CHECKSUM_MISMATCH,
+                    f"{name}: {problem}"
+                    if problem
+                    else f"{name}: received data hashes to {actual}, client says {claimed}",
+                )
+            await asyncio.to_thread(
+                endpoint.repo.begin_publish,
+                self.file_id,
+                self.fence,
+                actual,
+                reception.overwrite,
+            )
+            crash_point("publish.intent_recorded")
+            await asyncio.to_thread(
+                endpoint.root.publish, self.partial.path, name, overwrite=reception.overwrite
+            )
+        except DestinationRefused as refused:
+            reception.abort_publish()
+            await asyncio.to_thread(endpoint.repo.abort_publish, self.file_id)
+            raise Refused(ErrorCode(refused.code), f"{name}: {refused}") from None
+        except Fenced:
+            reception.abort_publish()
+            raise
+        except (OSError, StoreError) as exc:
+            if reception.phase in (Phase.VERIFYING, Phase.PUBLISHING):
+                reception.abort_publish()
+                with contextlib.suppress(StoreError):
+                    await asyncio.to_thread(endpoint.repo.abort_publish, self.file_id)
+            raise storage_refusal(exc, name) from exc
+        await self.record_complete()
+
     async def record_complete(self) -> None:
         reception, root = self.require(), self.endpoint.root
         identity = await asyncio.to_thread(root.identity, reception.name)
@@ -188,21 +269,37 @@ class Upload:
         self.reception = Reception(self.file_id, begin.name, begin.geometry)
         self.partial.size = begin.size
 
-    async def claim(self, owner: Connection, begin: Begin) -> ReceivedRecord | NameTaken:
+    def create_appended(self, name: str, geometry: Geometry, *, size_known: bool) -> None:
+        """A new upload over HTTP: bytes will be appended from offset 0 (see ``create``)."""
+        self.reception = Reception(self.file_id, name, geometry, size_known=size_known)
+        self.partial.size = geometry.size
+
+    async def claim(
+        self,
+        owner: Owner,
+        begin: Begin | None = None,
+        *,
+        claim_name: bool = True,
+        http: dict[str, object] | None = None,
+    ) -> ReceivedRecord | NameTaken:
         """Record ``owner``, which already took the file in memory, in the store.
 
         Claims run one at a time, in the order the owners took the file, so the store's epoch
         ends at the newest owner's. An owner taken over meanwhile gets its record but no fence.
+        Without ``begin`` (uploads over HTTP) the file's machine says what to record.
         """
+        reception = self.require()
         async with self.claiming:
             result = await asyncio.to_thread(
                 self.endpoint.repo.claim,
                 file_id=self.file_id,
-                name=begin.name,
-                size=begin.size,
-                chunk_size=begin.chunk_size,
+                name=reception.name,
+                size=reception.geometry.size,
+                chunk_size=reception.geometry.chunk_size,
                 owner=self.endpoint.node_id,
-                overwrite=begin.overwrite,
+                overwrite=begin.overwrite if begin is not None else reception.overwrite,
+                claim_name=claim_name,
+                http=http,
             )
             if isinstance(result, ReceivedRecord):
                 self.record = result
@@ -300,10 +397,9 @@ class Upload:
             for index, checksum in batch.chunks
             for spec in (reception.geometry.spec(index),)
         ]
+        offset = max(reception.geometry.contiguous_offset(held), reception.extent, batch.end or 0)
         with metrics.commit_seconds.labels("upload").time():
-            self.endpoint.repo.record_chunks(
-                self.file_id, self.fence, stored, reception.geometry.contiguous_offset(held)
-            )
+            self.endpoint.repo.record_chunks(self.file_id, self.fence, stored, offset)
         crash_point("chunk.recorded")
 
     async def _sync_failed(self, exc: BaseException) -> None:

@@ -59,7 +59,7 @@ from resume.store import Store
 from resume.store.models import utcnow
 from resume.store.received import NameTaken
 from resume.transfer.incoming import Refused, Upload, storage_refusal
-from resume.transfer.root import DestinationRefused, ServerRoot
+from resume.transfer.root import ServerRoot
 
 log = logging.getLogger("resume.receiver")
 
@@ -580,49 +580,14 @@ class Connection:
 
     async def publish(self, upload: Upload, epoch: int, checksum: str) -> None:
         """Verify, record the intent, rename into place, record it. Holds ``upload.io``."""
-        reception, endpoint = upload.require(), self.endpoint
-        file_id, name, wire_id = upload.file_id, reception.name, upload.wire_id
-        upload.partial.close()  # no descriptor may outlive the publish of this inode
         try:
-            actual = await asyncio.to_thread(upload.whole_checksum)
-            crash_point("publish.verified")
-            if not reception.verified(actual):
-                # The chunks all matched but the whole does not: drop everything rather than
-                # keep bytes we cannot vouch for; the client starts this file over.
-                await asyncio.to_thread(endpoint.repo.cancel, file_id)
-                await asyncio.to_thread(upload.partial.remove)
-                raise _with_file(
-                    Refused(
-                        ErrorCode.CHECKSUM_MISMATCH,
-                        f"{name}: received data hashes to {actual}, client says {checksum}",
-                    ),
-                    wire_id,
-                )
-            await asyncio.to_thread(
-                endpoint.repo.begin_publish, file_id, upload.fence, checksum, reception.overwrite
-            )
-            crash_point("publish.intent_recorded")
-            await asyncio.to_thread(
-                endpoint.root.publish, upload.partial.path, name, overwrite=reception.overwrite
-            )
-        except DestinationRefused as refused:
-            reception.abort_publish()
-            await asyncio.to_thread(endpoint.repo.abort_publish, file_id)
-            raise _with_file(
-                Refused(ErrorCode(refused.code), f"{name}: {refused}"), wire_id
-            ) from None
+            await upload.publish()
+        except Refused as refusal:
+            raise _with_file(refusal, upload.wire_id) from None
         except Fenced:
-            reception.abort_publish()
             raise ProtocolError(
-                f"file {wire_id} was taken over", close_code=CloseCode.POLICY_VIOLATION
+                f"file {upload.wire_id} was taken over", close_code=CloseCode.POLICY_VIOLATION
             ) from None
-        except (OSError, StoreError) as exc:
-            if reception.phase in (Phase.VERIFYING, Phase.PUBLISHING):
-                reception.abort_publish()
-                with contextlib.suppress(StoreError):
-                    await asyncio.to_thread(endpoint.repo.abort_publish, file_id)
-            raise _with_file(storage_refusal(exc, name), wire_id) from exc
-        await upload.record_complete()
 
     async def on_cancel(self, file_id: str) -> None:
         endpoint = self.endpoint

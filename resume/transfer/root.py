@@ -128,6 +128,22 @@ class ServerRoot:
         finally:
             os.close(fd)
 
+    def open_read(self, name: str) -> int | None:
+        """A read-only descriptor of the regular file at ``name`` (no symlink followed), or
+        None if there is none. The caller closes it."""
+        *parents, leaf = name.split("/")
+        try:
+            with self._walk(parents, create=False) as directory:
+                if directory is None:
+                    return None
+                fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+        except (DestinationRefused, OSError):
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
     def is_same_file(self, name: str, path: Path) -> bool:
         """Whether ``name`` and ``path`` are one file (two links to one inode)."""
         identity = self.identity(name)
