@@ -202,6 +202,7 @@ class Listener:
         )
         self.server = uvicorn.Server(self.config)
         self.socket: socket.socket | None = None
+        self._ticker: asyncio.Future[None] | None = None
 
     @property
     def scheme(self) -> str:
@@ -214,6 +215,8 @@ class Listener:
         self.socket = self.config.bind_socket()
         self.server.lifespan = self.config.lifespan_class(self.config)
         await self.server.startup(sockets=[self.socket])
+        # uvicorn's ticker: keeps the Date header current (and would stop on should_exit).
+        self._ticker = asyncio.ensure_future(self.server.main_loop())
         host, port = self.socket.getsockname()[:2]
         return host, port
 
@@ -225,6 +228,8 @@ class Listener:
             asyncio.ensure_future(c.close(code, reason)) for c in list(server.all_connections)
         ]
         self.server.should_exit = True
+        if self._ticker is not None:
+            await self._ticker
         await self.server.shutdown(sockets=[self.socket] if self.socket else None)
         if closing:
             await asyncio.gather(*closing, return_exceptions=True)

@@ -301,6 +301,8 @@ class TusUploader:
             return ServerBusy(f"{what}: server unavailable: HTTP {status}{detail}", status=status)
         if branch is tus.Outcome.GONE and not creating:
             return _Gone(f"the server no longer has {what} (HTTP {status})", status=status)
+        if creating and status in (409, 507):  # exists, name in use, server disk full
+            return Rejected(f"{what}: refused: HTTP {status}{detail}", status=status)
         if branch is tus.Outcome.RESYNC:
             return _Conflict(f"{what}: the server holds a different offset (HTTP 409)")
         if branch is tus.Outcome.RESEND:
@@ -474,7 +476,8 @@ class TusUploader:
                 part.offset = await self._head(part)
                 held_before += part.offset
             elif state.concatenated:
-                part.url, _ = await self._create(part.length, None, partial=True, body=None)
+                part_id = {"resume-id": f"{state.record.file_id}.{part.index}"}
+                part.url, _ = await self._create(part.length, part_id, partial=True, body=None)
                 self.parts_repo.set_url(state.record.file_id, part.index, part.url)
                 part.offset = 0
             else:
@@ -493,7 +496,10 @@ class TusUploader:
             state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
             body = bytes(buffer)
         url, offset = await self._create(
-            record.size, _metadata(state.job), partial=False, body=body
+            record.size,
+            _metadata(state.job, record.file_id, overwrite=self.options.overwrite),
+            partial=False,
+            body=body,
         )
         self.repo.update(record.file_id, upload_url=url)
         state.record = self.repo.get(record.file_id) or record
@@ -679,7 +685,12 @@ class TusUploader:
         """Join the finished partial uploads into the file (tus concatenation, ``final``)."""
         urls = [p.url for p in state.parts if p.url]
         response = await self._request(
-            "POST", self.url, tus.final_headers(urls, _metadata(state.job))
+            "POST",
+            self.url,
+            tus.final_headers(
+                urls,
+                _metadata(state.job, state.record.file_id, overwrite=self.options.overwrite),
+            ),
         )
         if not response.is_success:
             raise self._error(response, f"joining the parts of {state.job.name}")
@@ -776,15 +787,24 @@ def upload_urls(store: Store, record: TransferRecord) -> list[str]:
     return parts + ([record.upload_url] if record.upload_url else [])
 
 
-def _metadata(job: FileJob) -> dict[str, str]:
-    """``Upload-Metadata`` of a file: its name and type, and where it goes in a directory."""
+def _metadata(job: FileJob, resume_id: str, *, overwrite: bool = False) -> dict[str, str]:
+    """``Upload-Metadata`` of a file: its name and type, and where it goes in a directory.
+
+    ``resume-id`` (our transfer id) makes the creation idempotent on `resume serve`: a run
+    killed after the server created the upload but before the URL was stored creates it again
+    and gets the same upload back (other servers keep it as plain metadata). ``overwrite``
+    asks `resume serve` to replace an existing file, as ``--overwrite`` does over WebSocket.
+    """
     filename = job.name.rsplit("/", 1)[-1]
     metadata = {
         "filename": filename,
         "filetype": mimetypes.guess_type(filename)[0] or "application/octet-stream",
+        "resume-id": resume_id,
     }
     if "/" in job.name:
         metadata["relativePath"] = job.name
+    if overwrite:
+        metadata["overwrite"] = "1"
     return metadata
 
 

@@ -33,6 +33,7 @@ import xxhash
 
 from resume.asgi import Disconnected, HttpRequest, Receive, Send, body_chunks, respond
 from resume.auth import Principal
+from resume.crashpoints import crash_point
 from resume.errors import Fenced, StoreError
 from resume.protocol import tus_server as tus
 from resume.protocol.geometry import Geometry, GeometryError
@@ -191,7 +192,7 @@ class TusEndpoint:
         self, request: HttpRequest, principal: Principal, creation: Creation, receive: Receive
     ) -> Reply:
         dialect = creation.dialect
-        url_id = uuid.uuid4().hex
+        url_id = _url_id(creation)
         partial = creation.concat == "partial"
         name = url_id if partial else tus.remote_name(creation.metadata) or url_id
         refused = self._check_name(name, principal, dialect)
@@ -216,6 +217,9 @@ class TusEndpoint:
         upload = await self.uploads.acquire(self.key(principal, url_id), url_id)
         epoch = 0
         try:
+            existing = await self._created_before(upload, request, name, geometry, creation)
+            if existing is not None:
+                return existing
             refused = await self._claim_new(
                 upload,
                 owner,
@@ -300,11 +304,46 @@ class TusEndpoint:
             upload.reception = None
             endpoint.names.pop(name, None)
             return _refusal_reply(_name_in_use(name, claimed.holder), dialect)
+        crash_point("begin.claimed")
         upload.http = await asyncio.to_thread(endpoint.repo.http, upload.file_id)
         async with upload.io:
             await asyncio.to_thread(upload.partial.create)
+        crash_point("begin.partial_created")
         upload.start_flusher()
         return None
+
+    async def _created_before(
+        self,
+        upload: Upload,
+        request: HttpRequest,
+        name: str,
+        geometry: Geometry,
+        creation: Creation,
+    ) -> Reply | None:
+        """A creation repeated with the same ``resume-id``: the upload made the first time
+        (its client died before it stored the URL), or 409 if the id now means another file.
+        None when there is no such upload (a cancelled one is forgotten first)."""
+        reception, http = upload.reception, upload.http
+        if reception is None or http is None:
+            return None
+        if reception.phase is Phase.CANCELLED:
+            await asyncio.to_thread(self.uploads.repo.delete, upload.file_id)
+            upload.reception = upload.http = upload.record = None
+            return None
+        dialect = creation.dialect
+        same = (reception.name, http.concat) == (name, creation.concat) and (
+            not reception.size_known
+            if creation.length is None and creation.concat != "final"
+            else reception.geometry.size == geometry.size
+        )
+        if not same:
+            return tus.problem(
+                409, "", "resume-id names an upload of another name or length", dialect
+            )
+        location = request.url_for(f"{self.base}/{upload.wire_id}")
+        return tus.created_reply(
+            self.view(upload), location, dialect, self.settings, with_body=creation.has_body
+        )
 
     def _check_name(self, name: str, principal: Principal, dialect: Dialect) -> Reply | None:
         problem = remote_name_problem(name)
@@ -554,6 +593,11 @@ class TusEndpoint:
                     "Upload-Complete: ?1 before the upload's length was reached",
                     dialect,
                 )
+        if await self._seal_last_chunk(upload, epoch, cursor):
+            try:
+                await upload.drain()
+            except Refused as refusal:
+                return _refusal_reply(refusal, dialect)
         if reception.size_known and reception.offset == reception.geometry.size:
             http = upload.http
             if http is None or http.concat != "partial":
@@ -601,6 +645,7 @@ class TusEndpoint:
 
         def write_and_hash() -> list[tuple[int, str]]:
             upload.partial.write(cursor.pos, data)
+            crash_point("chunk.written")
             view = memoryview(data)
             done = []
             if body_hash is not None:
@@ -621,6 +666,22 @@ class TusEndpoint:
             if owner.fenced or not reception.owns(epoch):
                 raise _Gone(owner.fenced or "taken over")
             return await asyncio.to_thread(write_and_hash)
+
+    async def _seal_last_chunk(self, upload: Upload, epoch: int, cursor: Cursor) -> bool:
+        """The length became known with the stream already at its end (deferred length, or an
+        IETF ``Upload-Complete: ?1``): the last, short chunk is whole now. True if it was
+        handed to the group commit."""
+        reception = upload.require()
+        size = reception.geometry.size
+        if not reception.size_known or cursor.pos != size or size % self.chunk_size == 0:
+            return False
+        last = reception.geometry.count - 1
+        if last in reception.held:
+            return False
+        reception.written(epoch, last, cursor.chunk.hexdigest())
+        cursor.chunk.reset()
+        upload.kick()
+        return True
 
     def _mark(self, upload: Upload, epoch: int, completed: list[tuple[int, str]]) -> None:
         """Hand whole chunks to the group commit."""
@@ -715,6 +776,17 @@ class TusEndpoint:
     ) -> Reply:
         """``Upload-Concat: final;...``: a new upload made of complete partial uploads."""
         dialect = creation.dialect
+        if "resume-id" in creation.metadata:  # created before (the client did not learn it)?
+            url_id = _url_id(creation)
+            upload = await self.uploads.acquire(self.key(principal, url_id), url_id)
+            try:
+                if upload.reception is not None and upload.http is not None:
+                    location = request.url_for(f"{self.base}/{url_id}")
+                    return tus.created_reply(
+                        self.view(upload), location, dialect, self.settings, with_body=False
+                    )
+            finally:
+                await self.uploads.release(upload)
         part_ids = []
         total = 0
         for url in creation.parts:
@@ -739,7 +811,7 @@ class TusEndpoint:
                 await self.uploads.release(part)
         if self.settings.max_size is not None and total > self.settings.max_size:
             return tus.problem(413, "", f"{total} bytes is over the server's limit", dialect)
-        url_id = uuid.uuid4().hex
+        url_id = _url_id(creation)
         name = tus.remote_name(creation.metadata) or url_id
         refused = self._check_name(name, principal, dialect)
         if refused is not None:
@@ -748,6 +820,11 @@ class TusEndpoint:
         upload = await self.uploads.acquire(self.key(principal, url_id), url_id)
         epoch = 0
         try:
+            existing = await self._created_before(
+                upload, request, name, Geometry(total, self.chunk_size), creation
+            )
+            if existing is not None:
+                return existing
             refused = await self._claim_new(
                 upload,
                 owner,
@@ -907,6 +984,15 @@ def _missing(upload: Upload, dialect: Dialect) -> Reply | None:
     if reception.phase is Phase.CANCELLED:
         return tus.problem(410, "", "the upload was cancelled or expired", dialect)
     return None
+
+
+def _url_id(creation: Creation) -> str:
+    """A new upload's id: random, or derived from the client's ``resume-id`` metadata so that
+    a repeated creation finds the same upload."""
+    resume_id = creation.metadata.get("resume-id")
+    if resume_id:
+        return xxhash.xxh3_128_hexdigest(f"resume-id\0{resume_id}".encode())
+    return uuid.uuid4().hex
 
 
 def _name_in_use(name: str, holder: str) -> Refused:
