@@ -367,23 +367,31 @@ class TusEndpoint:
             missing = _missing(upload, dialect)
             if missing is not None:
                 return missing
-            http = upload.http
-            reception = upload.require()
-            if http is not None and http.concat == "final" and reception.phase is Phase.RECEIVING:
-                # A crash interrupted the concatenation: finish it now.
-                owner = RequestOwner("-")
-                epoch = await self._take(upload, owner)
-                try:
-                    refused = await self._concatenate_parts(
-                        upload, principal, owner, epoch, dialect
-                    )
-                    if refused is not None:
-                        return refused
-                finally:
-                    await self._let_go(upload, owner, epoch)
+            refused = await self._settle(upload, principal, dialect)
+            if refused is not None:
+                return refused
             return tus.head_reply(self.view(upload), dialect, self.settings)
         finally:
             await self.uploads.release(upload)
+
+    async def _settle(self, upload: Upload, principal: Principal, dialect: Dialect) -> Reply | None:
+        """Finish what a crash interrupted, before saying where the upload stands: every byte
+        durable but not published (a crash at or after verification), or a concatenation cut
+        short. Nothing to do for an upload still receiving bytes or already published."""
+        reception, http = upload.require(), upload.http
+        if reception.phase is not Phase.RECEIVING or upload.owner is not None or http is None:
+            return None
+        whole = reception.size_known and reception.offset == reception.geometry.size
+        if http.concat == "partial" or (http.concat != "final" and not whole):
+            return None
+        owner = RequestOwner("-")
+        epoch = await self._take(upload, owner)
+        try:
+            if http.concat == "final" and not whole:
+                return await self._concatenate_parts(upload, principal, owner, epoch, dialect)
+            return await self.complete(upload, owner, epoch, dialect)
+        finally:
+            await self._release_owner(upload, owner, epoch)
 
     async def delete(self, principal: Principal, url_id: str, dialect: Dialect) -> Reply:
         """Termination: an unfinished upload is cancelled (its owner fenced, its data gone)."""
@@ -509,6 +517,11 @@ class TusEndpoint:
         if previous is not None and previous is not owner:
             previous.lose(upload, "taken over by a newer request")
         await upload.claim(owner, claim_name=False)
+        async with upload.io:  # a crash between the claim and the partial's creation
+            created = await asyncio.to_thread(upload.partial.create)
+        if created and reception.offset:  # the store listed bytes of a vanished partial
+            await asyncio.to_thread(self.uploads.repo.forget_chunks, upload.file_id)
+            reception.lose()
         with contextlib.suppress(Refused):
             await upload.drain()
         upload.start_flusher()
@@ -845,6 +858,15 @@ class TusEndpoint:
             if refused is not None:
                 return refused
             epoch = upload.require().epoch
+            log.info(
+                "upload begin %s (%s, %d bytes, HTTP, joining %d partial uploads) from %s",
+                name,
+                url_id,
+                total,
+                len(part_ids),
+                request.client,
+                extra={"peer": request.client, "file_id": url_id},
+            )
             refused = await self._concatenate_parts(upload, principal, owner, epoch, dialect)
             if refused is not None:
                 return refused
@@ -943,16 +965,19 @@ class TusEndpoint:
     async def _let_go(self, upload: Upload, owner: RequestOwner, epoch: int) -> None:
         """The request ends: what it wrote is durable, it owns the file no more."""
         try:
-            if upload.owner is owner and upload.reception is not None:
-                upload.reception.release(epoch)
-                upload.owner = None
-                async with upload.io:
-                    with contextlib.suppress(Refused):
-                        await upload.drain()
-                    if upload.owner is None:
-                        upload.partial.close()
+            await self._release_owner(upload, owner, epoch)
         finally:
             await self.uploads.release(upload)
+
+    async def _release_owner(self, upload: Upload, owner: RequestOwner, epoch: int) -> None:
+        if upload.owner is owner and upload.reception is not None:
+            upload.reception.release(epoch)
+            upload.owner = None
+            async with upload.io:
+                with contextlib.suppress(Refused):
+                    await upload.drain()
+                if upload.owner is None:
+                    upload.partial.close()
 
 
 async def _stream_file(

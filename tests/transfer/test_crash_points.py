@@ -38,13 +38,16 @@ def server_state(root: Path) -> list[tuple[str, str]]:
         return list(conn.execute("SELECT name, state FROM received_files"))
 
 
+@pytest.mark.parametrize("transport", ["ws", "http"])
 @pytest.mark.parametrize("step", UPLOAD_STEPS)
-def test_a_server_killed_at_each_step_recovers(tmp_path: Path, step: str) -> None:
-    """Crash at the step, kill the client, restart: the same command finishes the upload."""
+def test_a_server_killed_at_each_step_recovers(tmp_path: Path, step: str, transport: str) -> None:
+    """Crash at the step, kill the client, restart: the same command finishes the upload, over
+    WebSocket (/upload) and over HTTP (tus, /files) alike."""
     source = make_file(tmp_path / "data.bin", SIZE, seed=len(step))
     server = ServeProcess(tmp_path / "root", env={"RESUME_CRASH_AT": f"{step}:{WHEN.get(step, 1)}"})
     server.start()
-    command = (str(source), server.url, "--db", str(tmp_path / "client.db"), "--chunk-size", CHUNK)
+    url = server.url if transport == "ws" else server.url.replace("ws://", "http://") + "/files/"
+    command = (str(source), url, "--db", str(tmp_path / "client.db"), "--chunk-size", CHUNK)
     client = start_upload(*command, "--give-up-after", "30s")
     try:
         assert server.proc is not None
