@@ -19,6 +19,8 @@ from typing import Any
 
 import xxhash
 
+from resume.protocol.geometry import chunk_count
+
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 CHECKSUM_FAILED = 460  # tus checksum extension: "Checksum Mismatch"
@@ -270,5 +272,5 @@ def outcome(status: int) -> Outcome:
 def covered_chunks(offset: int, size: int, chunk_size: int) -> int:
     """How many whole chunks (of a file cut every ``chunk_size`` bytes) lie below ``offset``."""
     if offset >= size:
-        return -(-size // chunk_size)
+        return chunk_count(size, chunk_size)
     return offset // chunk_size

@@ -16,6 +16,7 @@ from typing import Any
 
 import xxhash
 
+from resume.protocol.geometry import chunk_count
 from resume.protocol.ledger import ChunkRecord, ChunkState, Ledger
 from resume.store.sql import Database, Row, to_datetime
 from resume.store.states import TransferState, utcnow
@@ -363,7 +364,7 @@ class TransferRepository:
         result = []
         for row in rows:
             record = _record(row)
-            total = -(-record.size // record.chunk_size)
+            total = chunk_count(record.size, record.chunk_size)
             owner = owners.get(record.file_id)
             counts = ChunkCounts(int(row["n_committed"] or 0), int(row["n_prepared"] or 0), total)
             result.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -115,3 +116,26 @@ def test_a_second_process_on_the_same_store_fences_the_first(
     [error] = [line for line in first_out.splitlines() if line.startswith("error:")]
     assert "client id" in error and "'shop-1'" in error
     assert log_of(serve) == list(range(1, total + 1))
+
+
+def test_a_producer_whose_store_is_behind_the_server_stops_naming_the_id(
+    serve: ServeProcess, tmp_path: Path
+) -> None:
+    """The same producer instance run from an older copy of its store (a restored backup): the
+    server holds more of its seqs than the store ever gave out. Its new lines would have been
+    dropped as replays with exit 0; now it exits 1 naming the id and the log is unchanged."""
+    url = f"{serve.url}/streams/orders"
+    db, backup = tmp_path / "p.db", tmp_path / "backup"
+    assert send(url, db, [f"A{i}" for i in range(1, 6)]).returncode == 0
+    backup.mkdir()
+    for part in tmp_path.glob("p.db*"):  # the database with its WAL, as a backup would take it
+        shutil.copy2(part, backup / part.name)
+    assert send(url, db, [f"A{i}" for i in range(6, 11)]).returncode == 0
+
+    stale = send(url, backup / "p.db", ["LOST1", "LOST2"])
+    assert stale.returncode == 1
+    assert "resume: error: the server holds messages up to seq 10 from client id 'shop-1'" in (
+        stale.stderr
+    )
+    assert len(stale.stderr.strip().splitlines()) == 1 and "Traceback" not in stale.stderr
+    assert log_of(serve) == [f"A{i}" for i in range(1, 11)]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from resume.crashpoints import CRASH_EXIT, STEPS
+from resume.store import Store
 from tests.processes import (
     ServeProcess,
     resume_cmd,
@@ -25,6 +26,7 @@ from tests.processes import (
     wait_until,
 )
 from tests.transfer.conftest import make_file, partial_files
+from tests.transfer.test_upload import interrupted_upload, upload
 
 SIZE = 3 * 2**20 + 1234
 CHUNK = "64KiB"
@@ -94,6 +96,36 @@ def test_a_server_killed_between_cancel_and_unlink_leaves_no_partial(tmp_path: P
         if client.poll() is None:
             client.kill()
         server.kill()
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+async def test_a_partial_lost_while_chunks_are_listed_is_sent_again(
+    tmp_path: Path, client_store: Store, restart: bool
+) -> None:
+    """A partial that vanished (a power cut, an operator) while the store lists its chunks as
+    held is re-derived from the disk, at the next begin or at a restart: the same upload
+    sends the file again and completes, no --restart, no whole-file verification failure."""
+    source = make_file(tmp_path / "data.bin", SIZE)
+    with ServeProcess(tmp_path / "root") as server:
+        await interrupted_upload(client_store, server.url, source, after=SIZE // 3)
+        assert _held_chunks(server.root) > 0
+        [partial] = partial_files(server.root)
+        (server.root / ".resume" / "partial" / partial).unlink()
+        if restart:
+            server.kill()
+            server.start()
+        [result] = await upload(client_store, server.url, [source])
+        assert (result.state, result.error) == ("completed", None)
+        assert (server.root / "data.bin").read_bytes() == source.read_bytes()
+        assert partial_files(server.root) == []
+        assert server_state(server.root) == [("data.bin", "completed")]
+        assert "Traceback" not in server.log
+
+
+def _held_chunks(root: Path) -> int:
+    with sqlite3.connect(root / ".resume" / "server.db", timeout=10) as conn:
+        [(count,)] = conn.execute("SELECT count(*) FROM received_chunks").fetchall()
+    return int(count)
 
 
 def _only_transfer(db: Path) -> str:
