@@ -150,6 +150,10 @@ class UploadEndpoint:
     async def release(self, upload: Upload) -> None:
         """One user is done with ``upload``; forget it when nobody uses or owns it."""
         upload.users -= 1
+        await self.forget_if_unused(upload)
+
+    async def forget_if_unused(self, upload: Upload) -> None:
+        """Forget ``upload`` (and its name) when no handler uses it and nobody owns it."""
         if (
             upload.users == 0
             and upload.owner is None
@@ -537,6 +541,29 @@ class Connection:
         reception = upload.require()
         epoch = self.epochs[file_id]
         name = reception.name
+        try:
+            await self._finish(upload, file_id, epoch, checksum)
+        except Refused:
+            if reception.phase is Phase.CANCELLED:  # failed verification: it is gone
+                await self.endpoint.forget_if_unused(upload)
+            raise
+        self.disown(file_id)
+        upload.owner = None
+        await self.endpoint.forget_if_unused(upload)  # done: its object and name claim go
+        self.endpoint.metrics.uploads_completed.inc()
+        log.info(
+            "upload finished %s (%d bytes) from %s",
+            name,
+            reception.geometry.size,
+            self.peer,
+            extra={"peer": self.peer, "file_id": file_id},
+        )
+        await self.send({"type": "done", "file_id": file_id, "name": name})
+
+    async def _finish(self, upload: Upload, file_id: str, epoch: int, checksum: str) -> None:
+        """Make every chunk durable, then verify and publish (holds ``upload.io``)."""
+        reception = upload.require()
+        name = reception.name
         async with upload.io:
             while True:
                 verdict = reception.finish(epoch, checksum)
@@ -566,17 +593,6 @@ class Connection:
                 raise
             finally:
                 upload.settled.set()
-        self.disown(file_id)
-        upload.owner = None
-        self.endpoint.metrics.uploads_completed.inc()
-        log.info(
-            "upload finished %s (%d bytes) from %s",
-            name,
-            reception.geometry.size,
-            self.peer,
-            extra={"peer": self.peer, "file_id": file_id},
-        )
-        await self.send({"type": "done", "file_id": file_id, "name": name})
 
     async def publish(self, upload: Upload, epoch: int, checksum: str) -> None:
         """Verify, record the intent, rename into place, record it. Holds ``upload.io``."""

@@ -43,6 +43,31 @@ async def test_an_existing_file_is_refused_unless_overwrite_is_asked(serve_proce
     assert keep.read_bytes() == b"new!"
 
 
+async def test_a_finished_upload_frees_its_name_for_the_next_one(serve_process: Serve) -> None:
+    """Once an upload is published its name claim goes: after the file is removed, another
+    upload (another file id, on WebSocket or over HTTP) may use the name again at once."""
+    import httpx
+
+    server = serve_process()
+    ws = await raw(server.url)
+    done = await send_whole(ws, new_file_id(), "again.bin", b"one!", 4)
+    assert done["type"] == "done"
+    (server.root / "again.bin").unlink()
+    done = await send_whole(ws, new_file_id(), "again.bin", b"two!", 4)
+    assert done["type"] == "done"
+    (server.root / "again.bin").unlink()
+    async with httpx.AsyncClient() as client:
+        created = await client.post(
+            server.url.replace("ws://", "http://") + "/files",
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": "4",
+                "Upload-Metadata": "filename YWdhaW4uYmlu",  # again.bin
+            },
+        )
+    assert created.status_code == 201, created.text
+
+
 async def test_a_file_that_appears_before_publish_is_not_replaced(serve_process: Serve) -> None:
     """The no-replace publish refuses a file created at the destination during the upload."""
     server = serve_process()
