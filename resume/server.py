@@ -389,10 +389,10 @@ class ResumeApp:
     async def close(self) -> None:
         """Stop background work of every endpoint, close the store and unlock the root."""
         try:
+            for http_endpoint in self.http_routes.values():  # they use the upload endpoint
+                await http_endpoint.close()
             for endpoint in {*self.routes.values(), *self.exact.values()}:
                 await endpoint.close()
-            for http_endpoint in self.http_routes.values():
-                await http_endpoint.close()
             self.store.close()
         finally:
             if self.lock is not None:

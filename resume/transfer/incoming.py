@@ -405,6 +405,7 @@ class Upload:
     async def _sync_failed(self, exc: BaseException) -> None:
         name = self.require().name
         if isinstance(exc, Fenced):
+            self.fence = -1  # another owner holds the store's fence: claim again to go on
             self.failure = Refused(
                 ErrorCode.MISMATCH,
                 f"{name}: another connection or server node took this upload over",

@@ -112,9 +112,13 @@ class UploadEndpoint:
             errors=(OSError, StoreError),
         )
 
+    def start_housekeeping(self) -> None:
+        """Start expiring idle partial uploads (idempotent; needs a running loop)."""
+        self._expiry.ensure_started()
+
     async def handle(self, connection: ServerConnection, argument: str) -> None:
         """Serve one client connection until it ends."""
-        self._expiry.ensure_started()
+        self.start_housekeeping()
         handler = Connection(self, connection)
         self.connections.add(handler)
         try:

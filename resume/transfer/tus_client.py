@@ -70,6 +70,9 @@ class TusOptions:
     small_file: int | None = None  # creation-with-upload up to this size (default: one chunk)
     max_resyncs: int = 5  # 409s / answers that move nothing, in a row, before giving up
     max_new_uploads: int = 2  # times one run may start a file over after a 404/410
+    # Chunks per PATCH: one request (one round trip, one server fsync) carries several
+    # chunks, each still PREPARED before it leaves and COMMITTED once the offset covers it.
+    chunks_per_patch: int = 4
 
     def __post_init__(self) -> None:
         if not 1 <= self.parallel <= 64:
@@ -581,63 +584,72 @@ class TusUploader:
         return buffer
 
     async def _send_part(self, state: _FileState, part: _Part) -> None:
-        """PATCH the rest of ``part``, one chunk (or the rest of one) per request; the next
-        chunk is read and prepared while the current one is on its way."""
+        """PATCH the rest of ``part``, a few chunks (or the rest of them) per request; the
+        next request's chunks are read and prepared while the current one is on its way."""
         assert part.url is not None
         ledger = state.ledger
-        ahead: tuple[int, asyncio.Task[bytearray]] | None = None
+        per_patch = max(1, self.tus.chunks_per_patch)
+        ahead: tuple[range, asyncio.Task[list[bytearray]]] | None = None
         async with ChunkSource(state.job.path) as source:
+
+            async def load(indexes: range) -> list[bytearray]:
+                return [await self._load(state, source, index) for index in indexes]
+
             try:
                 while part.offset < part.length and not self._stopping.is_set():
-                    position = part.start + part.offset
-                    index = position // ledger.chunk_size
-                    if ahead is not None and ahead[0] == index:
-                        buffer = await ahead[1]
+                    first = (part.start + part.offset) // ledger.chunk_size
+                    group = range(first, min(first + per_patch, part.end_chunk))
+                    if ahead is not None and ahead[0] == group:
+                        buffers = await ahead[1]
                     else:
-                        if ahead is not None:  # not the chunk we need: let it finish first
+                        if ahead is not None:  # not the chunks we need: let them finish first
                             await ahead[1]
-                        buffer = await self._load(state, source, index)
+                        buffers = await load(group)
                     ahead = None
-                    spec = ledger.spec(index)
-                    following = index + 1
-                    if following < part.end_chunk:
-                        ahead = (
-                            following,
-                            asyncio.create_task(self._load(state, source, following)),
-                        )
-                    await self._patch(state, part, spec, buffer)
+                    following = range(group.stop, min(group.stop + per_patch, part.end_chunk))
+                    if following:
+                        ahead = (following, asyncio.create_task(load(following)))
+                    await self._patch(state, part, [ledger.spec(i) for i in group], buffers)
             finally:
                 if ahead is not None:
-                    await self._unprepare(state, *ahead)
+                    await self._unprepare(state, ahead[0], ahead[1])
 
     async def _unprepare(
-        self, state: _FileState, index: int, task: asyncio.Task[bytearray]
+        self, state: _FileState, indexes: range, task: asyncio.Task[list[bytearray]]
     ) -> None:
-        """A chunk read ahead was not sent: back to PENDING (or cancel its read)."""
+        """Chunks read ahead were not sent: back to PENDING (or cancel their read)."""
         if not task.done():
             task.cancel()
         with contextlib.suppress(BaseException):
             await task
         ledger = state.ledger
         with contextlib.suppress(ResumeError):
-            if ledger.state(index) is ChunkState.PREPARED and self._stopping.is_set():
-                self.repo.save_chunks(state.record.file_id, ledger, [ledger.lose(index)])
+            for index in indexes:
+                if ledger.state(index) is ChunkState.PREPARED and self._stopping.is_set():
+                    self.repo.save_chunks(state.record.file_id, ledger, [ledger.lose(index)])
 
     async def _patch(
-        self, state: _FileState, part: _Part, spec: ChunkSpec, buffer: bytearray
+        self,
+        state: _FileState,
+        part: _Part,
+        specs: list[ChunkSpec],
+        buffers: list[bytearray],
     ) -> None:
-        """One PATCH of the rest of a chunk; on success the part's offset moves on."""
+        """One PATCH of the rest of some chunks; on success the part's offset moves on and
+        every chunk the new offset covers is committed."""
         assert part.url is not None
         state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
         algorithm = self.capabilities.checksum_algorithm()
         position = part.start + part.offset
-        body = bytes(memoryview(buffer)[position - spec.offset :])
+        views = [memoryview(b) for b in buffers]
+        views[0] = views[0][position - specs[0].offset :]
+        body = b"".join(views)
         checksum = tus.checksum_header(algorithm, body) if algorithm else None
         headers = tus.patch_headers(part.offset, checksum)
         response = await self._request("PATCH", part.url, headers, body)
         state.result.bytes_sent += len(body)
         if response.status_code == tus.CHECKSUM_FAILED:
-            self._count_nack(state, spec.index)
+            self._count_nack(state, specs[0].index)  # the request failed as a whole
             return
         if not response.is_success:
             raise self._error(response, f"the upload {part.url}")
@@ -654,8 +666,9 @@ class TusUploader:
             return
         part.idle = 0
         part.offset = offset
-        if part.start + offset >= spec.offset + spec.length:
-            self._commit(state, spec.index)
+        for spec in specs:
+            if part.start + offset >= spec.offset + spec.length:
+                self._commit(state, spec.index)
         self._resyncs = 0
         assert self._retry is not None
         self._retry.progressed()

@@ -50,6 +50,7 @@ CHUNK_SIZE = 4 * 2**20  # how the server cuts HTTP uploads (chunk records, per-c
 WRITE_BUFFER = 1 * 2**20  # bytes gathered from the request before one pwrite
 DEFERRED_LIMIT = 2**40  # the most a deferred-length upload may become without --max-size
 READ_BLOCK = 1 * 2**20
+LINGER = 10.0  # seconds an upload's state stays loaded after a request, for the next PATCH
 
 
 class _Gone(Exception):
@@ -104,9 +105,34 @@ class TusEndpoint:
         self.settings = settings or Settings(max_size=uploads.max_file_size, expire=uploads.expire)
         self.base = base.rstrip("/")
         self.chunk_size = chunk_size
+        self._holds: dict[str, asyncio.Task[None]] = {}  # file id -> its lingering hold
 
     async def close(self) -> None:
-        """Nothing of its own: the uploads belong to the upload endpoint."""
+        """Let go of the uploads kept loaded between requests."""
+        holds, self._holds = list(self._holds.values()), {}
+        for hold in holds:
+            hold.cancel()
+        await asyncio.gather(*holds, return_exceptions=True)
+
+    def _linger(self, upload: Upload) -> None:
+        """Keep ``upload`` loaded a little after a request (its record, held chunks and stream
+        hashes), so a client's next PATCH does not reload it and the whole-file hash need not
+        be read back from disk at the end. The hold is one more user of the object."""
+        upload.users += 1
+
+        async def hold() -> None:
+            try:
+                await asyncio.sleep(LINGER)
+            finally:
+                if self._holds.get(upload.file_id) is task:
+                    del self._holds[upload.file_id]
+                await self.uploads.release(upload)
+
+        task = asyncio.ensure_future(hold())
+        previous = self._holds.get(upload.file_id)
+        self._holds[upload.file_id] = task
+        if previous is not None:
+            previous.cancel()
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -114,6 +140,7 @@ class TusEndpoint:
         self, request: HttpRequest, principal: Principal, receive: Receive, send: Send
     ) -> None:
         """Answer one request under the endpoint's base path."""
+        self.uploads.start_housekeeping()
         headers = request.mapping
         origin = headers.get("origin")
         cors = tus.cors_headers(origin, self.settings, preflight=False)
@@ -516,7 +543,10 @@ class TusEndpoint:
         previous, upload.owner = upload.owner, owner
         if previous is not None and previous is not owner:
             previous.lose(upload, "taken over by a newer request")
-        await upload.claim(owner, claim_name=False)
+        if upload.fence < 0 or upload.failure is not None:
+            # Claimed in the store once per loaded upload: later requests on this node fence
+            # each other in memory (the epoch above); another node's claim fences us there.
+            await upload.claim(owner, claim_name=False)
         async with upload.io:  # a crash between the claim and the partial's creation
             created = await asyncio.to_thread(upload.partial.create)
         if created and reception.offset:  # the store listed bytes of a vanished partial
@@ -966,6 +996,9 @@ class TusEndpoint:
         """The request ends: what it wrote is durable, it owns the file no more."""
         try:
             await self._release_owner(upload, owner, epoch)
+            reception = upload.reception
+            if reception is not None and reception.phase is Phase.RECEIVING:
+                self._linger(upload)
         finally:
             await self.uploads.release(upload)
 

@@ -147,7 +147,11 @@ def test_an_acknowledged_offset_never_goes_backwards_across_server_sigkills(
     with httpx.Client(timeout=10) as client:
         created = client.post(
             base,
-            headers={**tus, "Upload-Length": str(len(data)), "Upload-Metadata": "filename ZC5iaW4="},
+            headers={
+                **tus,
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": "filename ZC5iaW4=",
+            },
         )
         url = created.headers["Location"]
         acknowledged = 0

@@ -522,3 +522,30 @@ async def test_a_token_is_required_and_another_principals_upload_is_invisible(
         assert (await client.head(url, headers={**TUS, **bob})).status_code == 404
         assert (await client.delete(url, headers={**TUS, **bob})).status_code == 404
         assert (await client.head(url, headers={**TUS, **alice})).status_code == 200
+
+
+async def test_the_http_app_mounts_in_a_starlette_application(tmp_path: Path) -> None:
+    """`ResumeApp.http` is an ASGI app: mounted under /uploads in Starlette, its tus endpoint
+    answers there and its Location URLs keep the mount prefix."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from resume.server import ServerConfig, build_app
+
+    resume_app = build_app(ServerConfig(root=tmp_path / "mounted"))
+    try:
+        site = Starlette(routes=[Mount("/uploads", app=resume_app.http)])
+        transport = httpx.ASGITransport(app=site)
+        async with httpx.AsyncClient(transport=transport, base_url="http://site") as client:
+            created = await client.post(
+                "/uploads/files",
+                headers={**TUS, "Upload-Length": "5", "Upload-Metadata": meta(filename="m.txt")},
+            )
+            assert created.status_code == 201
+            location = created.headers["Location"]
+            assert location.startswith("http://site/uploads/files/")
+            done = await patch(client, location, 0, b"hello")
+            assert done.status_code == 204
+        assert (tmp_path / "mounted" / "m.txt").read_bytes() == b"hello"
+    finally:
+        await resume_app.close()
