@@ -104,6 +104,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="unfinished uploads one connection may have begun (default 16)",
     )
     limits.add_argument(
+        "--max-http-uploads",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="unfinished uploads over HTTP (tus) at once, all clients together; more are "
+        "refused with 429 until some finish or expire (default 10000)",
+    )
+    limits.add_argument(
         "--max-reserved-per-connection",
         metavar="SIZE",
         help="bytes still to come of one connection's unfinished uploads (default: no limit "
@@ -216,12 +224,14 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     for option, value in (
         ("--max-connections", args.max_connections),
         ("--max-files-per-connection", args.max_files_per_connection),
+        ("--max-http-uploads", args.max_http_uploads),
     ):
         if value < 1:
             raise UsageError(f"{option} must be at least 1")
     limits = UploadLimits(
         idle_timeout=idle_timeout or None,
         max_files_per_connection=args.max_files_per_connection,
+        max_http_uploads=args.max_http_uploads,
         max_reserved_per_connection=reserved,
         max_queue_bytes=queued,
         min_free_bytes=min_free_space,

@@ -56,6 +56,7 @@ EXTENSIONS = (
     "termination",
     "concatenation",
 )
+MAX_METADATA = 8 * 1024  # bytes of Upload-Metadata kept with an upload (it is stored)
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 _INTEGER = re.compile(r"[0-9]{1,19}")  # a non-negative 63-bit integer, no sign, no spaces
 
@@ -253,6 +254,8 @@ def parse_creation(
             has_body=has_body,
         )
     raw_metadata = headers.get("upload-metadata")
+    if raw_metadata is not None and len(raw_metadata) > MAX_METADATA:
+        return _bad(f"Upload-Metadata is over {MAX_METADATA} bytes")
     try:
         metadata = decode_metadata(raw_metadata) if raw_metadata else {}
     except TusProtocolError as exc:

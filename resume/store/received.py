@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, Row, delete, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from resume.errors import Fenced, StoreError
@@ -311,6 +311,16 @@ class ReceivedRepository:
                 .where(ReceivedFile.file_id == file_id)
                 .values(state=ReceiveState.RECEIVING.value, timestamp=utcnow())
             )
+
+    def count_unfinished_http(self) -> int:
+        """How many uploads over HTTP are still receiving (tus partial uploads included)."""
+        query = (
+            select(func.count())
+            .select_from(FILES.join(HTTP, ReceivedFile.file_id == HttpUpload.file_id))
+            .where(ReceivedFile.state.in_(UNFINISHED))
+        )
+        with store_errors(), self.engine.begin() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def unfinished(self) -> list[ReceivedRecord]:
         """Every file still receiving or being published."""

@@ -73,6 +73,7 @@ class UploadLimits:
     idle_timeout: float | None = 60.0  # close a connection that sends nothing this long
     max_text_frame: int = 64 * 1024  # control messages are small; chunks travel as binary
     max_files_per_connection: int = 16  # unfinished files begun on one connection
+    max_http_uploads: int = 10_000  # unfinished uploads over HTTP, all clients together
     max_reserved_per_connection: int | None = None  # bytes still to come of those files
     max_queue_bytes: int = 32 * 2**20  # frames read ahead of the handler, in bytes (about)
     min_free_bytes: int = 2**20  # a begin that would leave less free space is disk_full

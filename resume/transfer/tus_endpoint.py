@@ -51,10 +51,15 @@ WRITE_BUFFER = 1 * 2**20  # bytes gathered from the request before one pwrite
 DEFERRED_LIMIT = 2**40  # the most a deferred-length upload may become without --max-size
 READ_BLOCK = 1 * 2**20
 LINGER = 10.0  # seconds an upload's state stays loaded after a request, for the next PATCH
+MAX_PARTS = 256  # partial uploads one final upload may join
 
 
 class _Gone(Exception):
-    """The request's client went away, or a newer request took the upload over."""
+    """A newer request took the upload over."""
+
+
+class BodyTimeout(Disconnected):
+    """The client sent no body bytes for ``--idle-timeout``: answered 408, bytes kept."""
 
 
 class RequestOwner:
@@ -163,6 +168,10 @@ class TusEndpoint:
             log.error("storage failure serving %s %s: %s", method, request.path, exc)
             refusal = storage_refusal(exc, "this upload")
             reply = _refusal_reply(refusal, dialect)
+        except BodyTimeout as exc:
+            reply = tus.problem(408, "", f"{exc}; what arrived is kept", dialect).with_headers(
+                ("Connection", "close")
+            )
         except Disconnected:
             return  # nobody to answer
         if reply is not None:
@@ -273,7 +282,7 @@ class TusEndpoint:
                 append = Append(
                     dialect, 0, None, creation.complete, creation.checksum, creation.length
                 )
-                refused = await self.append(upload, owner, epoch, append, body_chunks(receive))
+                refused = await self.append(upload, owner, epoch, append, self._body(receive))
                 if refused is not None:
                     return refused
             elif geometry.size == 0 and creation.length == 0 and not partial:
@@ -306,6 +315,14 @@ class TusEndpoint:
     ) -> Reply | None:
         """Check the destination and space, take the new file and record it (as ``begin``)."""
         endpoint = self.uploads
+        cap = endpoint.limits.max_http_uploads
+        if await asyncio.to_thread(endpoint.repo.count_unfinished_http) >= cap:
+            return tus.problem(
+                429,
+                "",
+                f"the server already has {cap} unfinished uploads over HTTP; try again later",
+                dialect,
+            ).with_headers(("Retry-After", "60"))
         if claim_name:
             destination = await asyncio.to_thread(endpoint.root.inspect, name)
             problem = destination_problem(destination, overwrite=overwrite)
@@ -530,10 +547,25 @@ class TusEndpoint:
             if reception.offset != append.offset:  # an earlier owner's bytes became durable
                 return tus.mismatch_reply(reception.offset, append.offset, dialect)
             return await self.append(
-                upload, owner, epoch, append, body_chunks(receive)
+                upload, owner, epoch, append, self._body(receive)
             ) or tus.appended_reply(self.view(upload), dialect)
         finally:
             await self._let_go(upload, owner, epoch)
+
+    async def _body(self, receive: Receive) -> AsyncIterator[bytes]:
+        """The request body; a client that sends nothing for ``--idle-timeout`` is treated as
+        gone (what arrived is kept), so a stalled body cannot hold an upload for ever."""
+        pieces = body_chunks(receive).__aiter__()
+        idle = self.uploads.limits.idle_timeout
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    piece = await pieces.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise BodyTimeout(f"no body bytes for {idle:g}s") from None
+            yield piece
 
     async def _take(self, upload: Upload, owner: RequestOwner) -> int:
         """``owner`` (a new request) takes the upload: any earlier request is fenced, what it
@@ -579,7 +611,8 @@ class TusEndpoint:
         limit = reception.geometry.size
         buffer = bytearray()
         completed: list[tuple[int, str]] = []
-        overflow = gone = False
+        overflow = False
+        gone: Exception | None = None
         try:
             async for piece in body:
                 if owner.fenced:
@@ -596,8 +629,8 @@ class TusEndpoint:
                         completed = []
                 if overflow:
                     break
-        except (Disconnected, _Gone):
-            gone = True
+        except (Disconnected, _Gone) as exc:
+            gone = exc
         if buffer and not owner.fenced:
             completed += await self._write(upload, owner, epoch, cursor, buffer, body_hash)
         if owner.fenced:
@@ -606,8 +639,8 @@ class TusEndpoint:
             assert append.checksum is not None and body_hash is not None
             if gone or body_hash.digest() != append.checksum[1]:
                 upload.appender = saved  # the body counts for nothing: back to where it began
-                if gone:
-                    raise Disconnected("client went away mid-body")
+                if isinstance(gone, Disconnected):
+                    raise gone
                 log.warning("a PATCH body of %s failed its checksum", reception.name)
                 return tus.checksum_failed(dialect)
         self._mark(upload, epoch, completed)
@@ -619,8 +652,8 @@ class TusEndpoint:
             await upload.drain()
         except Refused as refusal:
             return _refusal_reply(refusal, dialect)
-        if gone:
-            raise Disconnected("client went away; what arrived is kept")
+        if isinstance(gone, Disconnected):
+            raise gone  # what arrived is kept
         if overflow:
             return tus.problem(
                 413, "", f"the body goes past the upload's length of {limit} bytes", dialect
@@ -830,6 +863,8 @@ class TusEndpoint:
                     )
             finally:
                 await self.uploads.release(upload)
+        if len(creation.parts) > MAX_PARTS:
+            return tus.problem(400, "", f"a final upload joins at most {MAX_PARTS} parts", dialect)
         part_ids = []
         total = 0
         for url in creation.parts:
