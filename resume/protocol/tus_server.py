@@ -260,7 +260,8 @@ def parse_creation(
         metadata = decode_metadata(raw_metadata) if raw_metadata else {}
     except TusProtocolError as exc:
         return _bad(f"Upload-Metadata: {exc}")
-    concat, parts = None, ()
+    concat: str | None = None
+    parts: tuple[str, ...] = ()
     raw_concat = headers.get("upload-concat")
     if raw_concat is not None:
         parsed = _parse_concat(raw_concat)
