@@ -109,3 +109,25 @@ def test_a_source_error_is_fatal_and_never_a_connection_error() -> None:
         assert classify(error) is Verdict.FATAL
         assert translate(OSError(code, os.strerror(code))) is None
     assert translate(ConnectionRefusedError(errno.ECONNREFUSED, "refused")) is not None
+
+
+def test_docs_api_names_every_public_name_and_option() -> None:
+    """docs/api.md mentions every name `resume` exports and every field of its dataclasses
+    (options, results, events, stats): a new option cannot stay undocumented."""
+    import dataclasses
+    import re
+
+    from tests.processes import REPO
+
+    text = (REPO / "docs" / "api.md").read_text()
+
+    def mentioned(word: str) -> bool:
+        return re.search(rf"(?<!\w){re.escape(word)}\b", text) is not None
+
+    names = [name for name in resume.__all__ if name != "__version__"]
+    assert [name for name in names if not mentioned(name)] == []
+    for name in names:
+        value = getattr(resume, name)
+        if isinstance(value, type) and dataclasses.is_dataclass(value):
+            fields = [f.name for f in dataclasses.fields(value)]
+            assert [f for f in fields if not mentioned(f)] == [], name
