@@ -76,6 +76,25 @@ def test_stream_client_refusals_are_usage_errors() -> None:
         resume.StreamClient("ws://127.0.0.1:1/upload")
 
 
+async def test_nan_and_infinity_are_refused_not_sent() -> None:
+    """send() refuses values that are not JSON (NaN, Infinity) at once; nothing is queued."""
+    import math
+
+    client = resume.StreamClient("ws://127.0.0.1:9/streams/orders")
+    await client.start()
+    try:
+        for value in (math.nan, [math.inf], {"a": -math.inf}):
+            with pytest.raises(UsageError, match="not JSON"):
+                await client.send(value)
+            with pytest.raises(UsageError, match="not JSON"):
+                client.check_message(value)
+        with pytest.raises(UsageError, match="not JSON"):
+            await client.send_many([1, math.nan])
+        assert client.stats.sent == 0
+    finally:
+        await client.close(timeout=0.1)
+
+
 async def test_timeouts_say_what_they_waited_for() -> None:
     """ready(timeout=) raises a WaitTimeout (also a TimeoutError) naming the wait."""
     client = resume.StreamClient(
