@@ -27,12 +27,17 @@ def upload(tmp_path: Path, url: str, *args: str, size: int = 200_000) -> str:
 
 
 def test_json_log_lines_parse(tmp_path: Path) -> None:
-    """--log-format json: every line is a JSON object; connections, uploads, refusals logged."""
-    server = ServeProcess(tmp_path / "srv", "--log-format", "json", "--token", "s3cret")
+    """--log-format json: every line is a JSON object; connections, upload begin, finish and
+    failure, refused tokens logged with the peer."""
+    args = ("--log-format", "json", "--token", "s3cret", "--max-size", "300000")
+    server = ServeProcess(tmp_path / "srv", *args)
     server.start()
     try:
         assert upload(tmp_path, server.url, "--token", "wrong").startswith("exit 1:")
         assert upload(tmp_path, server.url, "--token", "s3cret").startswith("exit 0:")
+        (tmp_path / "big").mkdir()
+        too_big = upload(tmp_path / "big", server.url, "--token", "s3cret", size=400_000)
+        assert too_big.startswith("exit 1:"), too_big
     finally:
         assert server.terminate() == 0
     records = [json.loads(line) for line in server.log.splitlines()]  # each line parses
@@ -44,6 +49,8 @@ def test_json_log_lines_parse(tmp_path: Path) -> None:
     begin = [r for r in records if r["message"].startswith("upload begin data.bin")]
     finish = [r for r in records if r["message"].startswith("upload finished data.bin")]
     assert begin and finish and finish[0]["peer"].startswith("127.0.0.1:")
+    [failed] = [r for r in records if r["message"].startswith("upload refused for 127.0.0.1:")]
+    assert failed["code"] == "too_large" and failed["peer"].startswith("127.0.0.1:")
     connections = [r for r in records if r.get("event") == "connection"]
     assert connections and connections[-1]["path"] == "/upload"
     assert connections[-1]["close_code"] == 1000 and connections[-1]["level"] == "info"
