@@ -96,7 +96,8 @@ async def test_nan_and_infinity_are_refused_not_sent() -> None:
 
 
 async def test_timeouts_say_what_they_waited_for() -> None:
-    """ready(timeout=) raises a WaitTimeout (also a TimeoutError) naming the wait."""
+    """ready(timeout=) and flush(timeout=) raise a WaitTimeout (also a TimeoutError) naming
+    the wait."""
     client = resume.StreamClient(
         "ws://127.0.0.1:9/streams/orders",
         options=resume.StreamOptions(backoff=Backoff(base=0.05, cap=0.1)),
@@ -109,6 +110,11 @@ async def test_timeouts_say_what_they_waited_for() -> None:
             await client.ready(timeout=0.3)
         with pytest.raises(TimeoutError):
             await client.ready(timeout=0.1)
+        await client.send({"order": 1})
+        with pytest.raises(
+            WaitTimeout, match=r"the server at .*orders did not confirm 1 message\(s\) within 0.2s"
+        ):
+            await client.flush(timeout=0.2)
     finally:
         await client.close()
 
