@@ -41,6 +41,7 @@ from resume.errors import (
     Verdict,
     classify,
 )
+from resume.net.connector import ConnectOptions
 from resume.net.http import HttpClient, RetryLoop
 from resume.protocol import tus
 from resume.protocol.ledger import ChunkRecord, ChunkSpec, ChunkState, Ledger
@@ -186,6 +187,8 @@ class TusUploader:
                 connect_timeout=self.options.connect.open_timeout,
                 response_timeout=self.options.ack_timeout,
                 connections=self.tus.parallel + 1,
+                verify=self.options.connect.ssl or True,
+                use_env_proxy=self.options.connect.use_env_proxy,
             ) as self._http:
                 self.capabilities = await self._retry.run(self._discover)
                 await self._terminate_dropped()
@@ -762,10 +765,16 @@ async def terminate(http: HttpClient, url: str) -> None:
     raise Rejected(f"deleting {url}: refused: HTTP {response.status_code}{_detail(response)}")
 
 
-async def cancel_upload(record: TransferRecord, urls: Sequence[str], token: str | None) -> None:
+async def cancel_upload(
+    record: TransferRecord, urls: Sequence[str], connect: ConnectOptions
+) -> None:
     """``resume cancel`` of a tus transfer: delete its uploads on the server."""
     retry = RetryLoop(record.url, give_up_after=15.0)
-    async with HttpClient(headers=tus.base_headers(token)) as http:
+    async with HttpClient(
+        headers=tus.base_headers(connect.token),
+        verify=connect.ssl or True,
+        use_env_proxy=connect.use_env_proxy,
+    ) as http:
         for url in urls:
             await retry.run(lambda url=url: terminate(http, url))
 
