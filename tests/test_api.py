@@ -67,13 +67,16 @@ def test_collect_jobs_accepts_str_and_refuses_consistently(tmp_path: Path) -> No
 
 
 def test_stream_client_refusals_are_usage_errors() -> None:
-    """A consumer name without a store, or a bad channel name: refused at construction."""
+    """A consumer name without a store, a bad channel name, a URL that is not ws:// or
+    wss://: refused at construction."""
     with pytest.raises(UsageError, match="consumer name keeps its position in a store"):
         resume.StreamClient("ws://127.0.0.1:1/streams/orders", consumer="billing")
     with pytest.raises(UsageError, match="bad channel name 'bad name'"):
         resume.StreamClient("ws://127.0.0.1:1/streams/bad name")
     with pytest.raises(UsageError, match="expected ws://HOST:PORT/streams/NAME"):
         resume.StreamClient("ws://127.0.0.1:1/upload")
+    with pytest.raises(UsageError, match=r"not a WebSocket URL: http://127\.0\.0\.1:1/feed"):
+        resume.RawClient("http://127.0.0.1:1/feed")  # at construction, as StreamClient does
 
 
 async def test_nan_and_infinity_are_refused_not_sent() -> None:
