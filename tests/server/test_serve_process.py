@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -141,16 +142,19 @@ async def test_server_status_lists_partials_with_owner_and_channels(
     await request(producer, hello)
     await request(producer, {"type": "pub", "seq": 1, "data": ["a", "b", "c"]})
 
-    async def status(*args: str) -> dict:
+    async def run(*args: str) -> str:
         process = await asyncio.create_subprocess_exec(
             *resume_cmd(*args),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=resume_env(),
+            env=resume_env({"COLUMNS": "120"}),
         )
         out, err = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode == 0, err.decode()
-        return json.loads(out)
+        return out.decode()
+
+    async def status(*args: str) -> dict:
+        return json.loads(await run(*args))
 
     document = await status("server-status", "--root", str(server.root), "--json")
     [partial] = document["partials"]
@@ -166,6 +170,12 @@ async def test_server_status_lists_partials_with_owner_and_channels(
 
     same = await status("serve", "--root", str(server.root), "--list", "--json")
     assert same["partials"] == document["partials"]
+    # for people: the same rows in tables
+    table = await run("server-status", "--root", str(server.root))
+    assert f"server: running (pid {os.getpid()})" in table
+    row = next(line for line in table.splitlines() if "half.bin" in line)
+    assert file_id[:8] in row and partial["owner"] in row
+    assert any("orders" in line and " 3 " in line for line in table.splitlines())
     await uploading.close()
     await producer.close()
 
