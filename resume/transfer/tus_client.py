@@ -128,6 +128,7 @@ class _FileState:
     nacks: dict[int, int] = field(default_factory=dict)
     parts: list[_Part] = field(default_factory=list)
     concatenated: bool = False  # parts of a parallel upload (False: one upload)
+    check_only: bool = False  # finished in an earlier run: only ask the server it still has it
 
 
 class TusUploader:
@@ -173,7 +174,8 @@ class TusUploader:
         if not todo and not self._terminate:
             return [f.result for f in self._files]
         for state in todo:
-            self.repo.update(state.record.file_id, state=TransferState.ACTIVE, last_error=None)
+            if not state.check_only:  # a finished one stays completed unless the server lost it
+                self.repo.update(state.record.file_id, state=TransferState.ACTIVE, last_error=None)
         self._retry = RetryLoop(
             self.url,
             backoff=self.options.backoff,
@@ -213,9 +215,9 @@ class TusUploader:
             self._terminate.extend(upload_urls(self.store, found.dropped))
         record = found.record
         if record is not None and found.finished:
-            result = FileResult(job, record.file_id, record.size, "skipped", None, record.size)
+            result = FileResult(job, record.file_id, record.size, "pending", record.checksum)
             ledger = self.repo.load_ledger(record)
-            return _FileState(job, record, ledger, fingerprint, result, done=True)
+            return _FileState(job, record, ledger, fingerprint, result, check_only=True)
         if record is None:
             record = self.repo.create(
                 file_id=new_file_id(),
@@ -237,7 +239,7 @@ class TusUploader:
         resumable = resumable or classify(exc) is Verdict.RETRY
         reason = str(exc) or type(exc).__name__
         for state in self._files:
-            if not state.done:
+            if not state.done and not state.check_only:
                 with contextlib.suppress(ResumeError):
                     self.repo.update(
                         state.record.file_id,
@@ -398,7 +400,8 @@ class TusUploader:
         """Forget the server side of a transfer: its URLs, and every chunk it acknowledged."""
         file_id = state.record.file_id
         self.repo.reset_chunks(file_id)
-        self.repo.update(file_id, upload_url=None)
+        self.repo.update(file_id, upload_url=None, state=TransferState.ACTIVE, offset=0)
+        state.check_only = False
         self.parts_repo.replace(file_id, [])
         state.record = self.repo.get(file_id) or state.record
         state.ledger = Ledger(state.ledger.size, state.ledger.chunk_size)
@@ -406,6 +409,9 @@ class TusUploader:
 
     async def _send_file_once(self, state: _FileState) -> None:
         record = state.record
+        if state.check_only:
+            await self._confirm_finished(state)
+            return
         if not state.parts:
             state.parts, state.concatenated = self._layout(state)
         if state.concatenated and record.upload_url is not None:
@@ -416,7 +422,12 @@ class TusUploader:
         if not state.started:
             state.started = True
             state.result.resumed_from = held_before
-        self.progress.file_started(state.job, record.size, state.ledger.committed_bytes)
+        # What earlier runs left is "resuming"; a small file that travelled in the creating
+        # POST of this run is progress of this run.
+        resumed = min(held_before, state.ledger.committed_bytes)
+        self.progress.file_started(state.job, record.size, resumed)
+        if state.ledger.committed_bytes > resumed:
+            self.progress.committed(state.job, state.ledger.committed_bytes - resumed)
         if len(state.parts) == 1:
             await self._send_part(state, state.parts[0])
         else:
@@ -693,6 +704,21 @@ class TusUploader:
         self.repo.update(state.record.file_id, upload_url=url)
         state.record = self.repo.get(state.record.file_id) or state.record
         await self._check_final(state)
+
+    async def _confirm_finished(self, state: _FileState) -> None:
+        """A transfer finished in an earlier run: the server must still hold all of it (its
+        upload answers HEAD with the whole length), else it is sent again (``_Gone``)."""
+        url = state.record.upload_url
+        if url is None:
+            raise _Gone("no upload URL was recorded for it")
+        whole = _Part(-1, 0, state.ledger.chunk_count, 0, state.record.size, url)
+        offset = await self._head(whole)
+        if offset != whole.length:
+            raise _Gone(f"the upload {url} holds {offset} of {whole.length} bytes")
+        state.done = True
+        state.result.state = "verified"
+        state.result.resumed_from = state.record.size
+        self.progress.file_done(state.result)
 
     async def _check_final(self, state: _FileState) -> None:
         """The joined upload exists and holds the whole file."""
