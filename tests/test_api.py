@@ -67,17 +67,40 @@ def test_collect_jobs_accepts_str_and_refuses_consistently(tmp_path: Path) -> No
 
 
 def test_stream_client_refusals_are_usage_errors() -> None:
-    """A consumer name without a store, or a bad channel name: refused at construction."""
+    """A consumer name without a store, a bad channel name, a URL that is not ws:// or
+    wss://: refused at construction."""
     with pytest.raises(UsageError, match="consumer name keeps its position in a store"):
         resume.StreamClient("ws://127.0.0.1:1/streams/orders", consumer="billing")
     with pytest.raises(UsageError, match="bad channel name 'bad name'"):
         resume.StreamClient("ws://127.0.0.1:1/streams/bad name")
     with pytest.raises(UsageError, match="expected ws://HOST:PORT/streams/NAME"):
         resume.StreamClient("ws://127.0.0.1:1/upload")
+    with pytest.raises(UsageError, match=r"not a WebSocket URL: http://127\.0\.0\.1:1/feed"):
+        resume.RawClient("http://127.0.0.1:1/feed")  # at construction, as StreamClient does
+
+
+async def test_nan_and_infinity_are_refused_not_sent() -> None:
+    """send() refuses values that are not JSON (NaN, Infinity) at once; nothing is queued."""
+    import math
+
+    client = resume.StreamClient("ws://127.0.0.1:9/streams/orders")
+    await client.start()
+    try:
+        for value in (math.nan, [math.inf], {"a": -math.inf}):
+            with pytest.raises(UsageError, match="not JSON"):
+                await client.send(value)
+            with pytest.raises(UsageError, match="not JSON"):
+                client.check_message(value)
+        with pytest.raises(UsageError, match="not JSON"):
+            await client.send_many([1, math.nan])
+        assert client.stats.sent == 0
+    finally:
+        await client.close(timeout=0.1)
 
 
 async def test_timeouts_say_what_they_waited_for() -> None:
-    """ready(timeout=) raises a WaitTimeout (also a TimeoutError) naming the wait."""
+    """ready(timeout=) and flush(timeout=) raise a WaitTimeout (also a TimeoutError) naming
+    the wait."""
     client = resume.StreamClient(
         "ws://127.0.0.1:9/streams/orders",
         options=resume.StreamOptions(backoff=Backoff(base=0.05, cap=0.1)),
@@ -90,6 +113,11 @@ async def test_timeouts_say_what_they_waited_for() -> None:
             await client.ready(timeout=0.3)
         with pytest.raises(TimeoutError):
             await client.ready(timeout=0.1)
+        await client.send({"order": 1})
+        with pytest.raises(
+            WaitTimeout, match=r"the server at .*orders did not confirm 1 message\(s\) within 0.2s"
+        ):
+            await client.flush(timeout=0.2)
     finally:
         await client.close()
 
@@ -109,3 +137,25 @@ def test_a_source_error_is_fatal_and_never_a_connection_error() -> None:
         assert classify(error) is Verdict.FATAL
         assert translate(OSError(code, os.strerror(code))) is None
     assert translate(ConnectionRefusedError(errno.ECONNREFUSED, "refused")) is not None
+
+
+def test_docs_api_names_every_public_name_and_option() -> None:
+    """docs/api.md mentions every name `resume` exports and every field of its dataclasses
+    (options, results, events, stats): a new option cannot stay undocumented."""
+    import dataclasses
+    import re
+
+    from tests.processes import REPO
+
+    text = (REPO / "docs" / "api.md").read_text()
+
+    def mentioned(word: str) -> bool:
+        return re.search(rf"(?<!\w){re.escape(word)}\b", text) is not None
+
+    names = [name for name in resume.__all__ if name != "__version__"]
+    assert [name for name in names if not mentioned(name)] == []
+    for name in names:
+        value = getattr(resume, name)
+        if isinstance(value, type) and dataclasses.is_dataclass(value):
+            fields = [f.name for f in dataclasses.fields(value)]
+            assert [f for f in fields if not mentioned(f)] == [], name

@@ -65,7 +65,7 @@ def retry_policy(args: argparse.Namespace) -> tuple[Backoff, float | None]:
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """TLS (``--cacert``, ``--insecure``, ``--cert``, ``--key``) and ``--use-env-proxy``."""
-    group = parser.add_argument_group("TLS and proxies (wss:// URLs)")
+    group = parser.add_argument_group("TLS and proxies (wss:// and https:// URLs)")
     group.add_argument(
         "--cacert",
         metavar="FILE",
@@ -95,13 +95,14 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 def connection_settings(args: argparse.Namespace, url: str | None = None) -> dict[str, Any]:
     """``ssl`` and ``use_env_proxy`` for :class:`ConnectOptions`, from the options above.
 
-    With ``url``, TLS options on a ``ws://`` URL are refused: they would silently do nothing.
+    With ``url``, TLS options on a ``ws://`` or ``http://`` URL are refused: they would
+    silently do nothing.
     """
     from resume.tls import INSECURE_WARNING, client_context
 
     wants_tls = args.cacert or args.insecure or args.cert or args.key
-    if url is not None and wants_tls and not url.startswith("wss://"):
-        raise UsageError("--cacert, --insecure, --cert and --key need a wss:// URL")
+    if url is not None and wants_tls and not url.startswith(("wss://", "https://")):
+        raise UsageError("--cacert, --insecure, --cert and --key need a wss:// or https:// URL")
     context = None
     if wants_tls:
         context = client_context(

@@ -96,13 +96,16 @@ class ProgressReporter:
             self.line(f"resume: {result.error}")
         elif result.state == "verified":
             self._count(job, result.size, absolute=True)
-            self.line(f"{job.name}: already on the server (verified)")
+            # No whole-file checksum (tus): the server could only confirm the length.
+            how = "verified" if result.checksum is not None else "length confirmed"
+            self.line(f"{job.name}: already on the server ({how})")
         else:
             self._count(job, result.size, absolute=True)
             if self.live:
+                word = "verified" if result.checksum is not None else "uploaded"
                 size = f" ({format_bytes(result.size)})"
-                room = self._width() - 1 - len("verified ") - len(size)
-                self.line(f"verified {shorten(job.name, max(room, 8))}{size}")
+                room = self._width() - 2 - len(word) - len(size)
+                self.line(f"{word} {shorten(job.name, max(room, 8))}{size}")
         self._draw(force=True)
 
     def connection(self, event: ConnectionEvent) -> None:
@@ -134,7 +137,10 @@ class ProgressReporter:
         counts: dict[str, int] = {}
         for result in self.results:
             counts[result.state] = counts.get(result.state, 0) + 1
-        parts = [f"{counts.get('completed', 0)} sent and verified"]
+        unchecked = sum(r.state == "completed" and r.checksum is None for r in self.results)
+        parts = [f"{counts.get('completed', 0) - unchecked} sent and verified"]
+        if unchecked:  # tus: no whole-file checksum is verified by the server
+            parts.append(f"{unchecked} sent without a whole-file check")
         if counts.get("verified"):
             parts.append(f"{counts['verified']} already on the server")
         failed = counts.get("failed", 0) + len(self.skipped)

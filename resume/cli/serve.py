@@ -70,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--retention-count",
+        metavar="N",
         type=int,
         default=1_000_000,
         help="stream messages kept per channel (default 1000000)",

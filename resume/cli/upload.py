@@ -337,14 +337,15 @@ def run_cancel(args: argparse.Namespace) -> int:
                 f"transfer {record.file_id[:8]} ({record.name}) is being sent by pid "
                 f"{holder.pid}; stop that upload first"
             )
-        if not args.local and is_tus_url(record.url):
-            from resume.transfer.tus_client import cancel_upload, upload_urls
-
-            asyncio.run(cancel_upload(record, upload_urls(store, record), args.token or None))
-        elif not args.local:
+        if not args.local:
             connect = ConnectOptions(
                 token=args.token or None, **connection_settings(args, record.url)
             )
+        if not args.local and is_tus_url(record.url):
+            from resume.transfer.tus_client import cancel_upload, upload_urls
+
+            asyncio.run(cancel_upload(record, upload_urls(store, record), connect))
+        elif not args.local:
             asyncio.run(cancel_on_server(record.url, record.file_id, connect))
         store.transfers.update(
             record.file_id, state=TransferState.CANCELLED, last_error="cancelled by the user"

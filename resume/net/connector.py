@@ -32,6 +32,7 @@ from websockets.exceptions import (
 from websockets.exceptions import (
     ProtocolError as WsProtocolError,
 )
+from websockets.uri import parse_uri
 
 from resume import __version__
 from resume.errors import (
@@ -79,6 +80,15 @@ class ConnectOptions:
     ssl: ssl.SSLContext | None = None
     # Opt-in: honour WSS_PROXY, HTTPS_PROXY, HTTP_PROXY... and NO_PROXY from the environment
     use_env_proxy: bool = False
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`UsageError` now if ``url`` is not a ``ws://``/``wss://`` URL (the check
+    the first connect would make, so a client can refuse it at construction)."""
+    try:
+        parse_uri(url)
+    except InvalidURI as exc:
+        raise UsageError(f"not a WebSocket URL: {exc.uri} ({exc.msg})") from None
 
 
 def translate(exc: BaseException) -> ResumeError | None:

@@ -82,6 +82,11 @@ class HttpClient:
 
     Statuses are returned, not raised: a 409 or a 404 means different things to different
     protocols. Use as ``async with HttpClient(...) as http``.
+
+    ``verify``: an :class:`ssl.SSLContext` for ``https://`` (``--cacert``, ``--cert``), or True
+    for the system's trust store. ``use_env_proxy``: take the proxy from ``HTTPS_PROXY``,
+    ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (opt-in, as for WebSocket connections;
+    httpx then also reads ``SSL_CERT_FILE``); otherwise the environment is ignored.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class HttpClient:
         response_timeout: float = 60.0,
         connections: int = 4,
         verify: bool | ssl.SSLContext = True,
+        use_env_proxy: bool = False,
     ) -> None:
         self._client = httpx.AsyncClient(
             headers={"User-Agent": f"resume/{__version__}", **(headers or {})},
@@ -103,7 +109,7 @@ class HttpClient:
             ),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             follow_redirects=False,
-            trust_env=False,  # no proxy from the environment on an upload's path
+            trust_env=use_env_proxy,  # the environment (proxies, SSL_CERT_FILE) only when asked
             verify=verify,
         )
 

@@ -24,6 +24,7 @@ from resume.net.connector import (
     ConnectOptions,
     ConnectorStats,
     Reconnector,
+    check_url,
 )
 from resume.stream.client import BufferFull, ClientClosed
 
@@ -51,6 +52,7 @@ class RawClient:
         give_up_after: float | None = None,
         on_event: Callable[[ConnectionEvent], None] | None = None,
     ) -> None:
+        check_url(url)
         if max_buffered < 1:
             raise UsageError("max_buffered must be at least 1")
         if overflow not in ("wait", "raise"):

@@ -41,6 +41,7 @@ from resume.errors import (
     Verdict,
     classify,
 )
+from resume.net.connector import ConnectOptions
 from resume.net.http import HttpClient, RetryLoop
 from resume.protocol import tus
 from resume.protocol.ledger import ChunkRecord, ChunkSpec, ChunkState, Ledger
@@ -130,6 +131,7 @@ class _FileState:
     nacks: dict[int, int] = field(default_factory=dict)
     parts: list[_Part] = field(default_factory=list)
     concatenated: bool = False  # parts of a parallel upload (False: one upload)
+    check_only: bool = False  # finished in an earlier run: only ask the server it still has it
 
 
 class TusUploader:
@@ -175,7 +177,8 @@ class TusUploader:
         if not todo and not self._terminate:
             return [f.result for f in self._files]
         for state in todo:
-            self.repo.update(state.record.file_id, state=TransferState.ACTIVE, last_error=None)
+            if not state.check_only:  # a finished one stays completed unless the server lost it
+                self.repo.update(state.record.file_id, state=TransferState.ACTIVE, last_error=None)
         self._retry = RetryLoop(
             self.url,
             backoff=self.options.backoff,
@@ -189,6 +192,8 @@ class TusUploader:
                 connect_timeout=self.options.connect.open_timeout,
                 response_timeout=self.options.ack_timeout,
                 connections=self.tus.parallel + 1,
+                verify=self.options.connect.ssl or True,
+                use_env_proxy=self.options.connect.use_env_proxy,
             ) as self._http:
                 self.capabilities = await self._retry.run(self._discover)
                 await self._terminate_dropped()
@@ -213,9 +218,9 @@ class TusUploader:
             self._terminate.extend(upload_urls(self.store, found.dropped))
         record = found.record
         if record is not None and found.finished:
-            result = FileResult(job, record.file_id, record.size, "skipped", None, record.size)
+            result = FileResult(job, record.file_id, record.size, "pending", record.checksum)
             ledger = self.repo.load_ledger(record)
-            return _FileState(job, record, ledger, fingerprint, result, done=True)
+            return _FileState(job, record, ledger, fingerprint, result, check_only=True)
         if record is None:
             record = self.repo.create(
                 file_id=new_file_id(),
@@ -237,7 +242,7 @@ class TusUploader:
         resumable = resumable or classify(exc) is Verdict.RETRY
         reason = str(exc) or type(exc).__name__
         for state in self._files:
-            if not state.done:
+            if not state.done and not state.check_only:
                 with contextlib.suppress(ResumeError):
                     self.repo.update(
                         state.record.file_id,
@@ -400,7 +405,8 @@ class TusUploader:
         """Forget the server side of a transfer: its URLs, and every chunk it acknowledged."""
         file_id = state.record.file_id
         self.repo.reset_chunks(file_id)
-        self.repo.update(file_id, upload_url=None)
+        self.repo.update(file_id, upload_url=None, state=TransferState.ACTIVE, offset=0)
+        state.check_only = False
         self.parts_repo.replace(file_id, [])
         state.record = self.repo.get(file_id) or state.record
         state.ledger = Ledger(state.ledger.size, state.ledger.chunk_size)
@@ -408,6 +414,9 @@ class TusUploader:
 
     async def _send_file_once(self, state: _FileState) -> None:
         record = state.record
+        if state.check_only:
+            await self._confirm_finished(state)
+            return
         if not state.parts:
             state.parts, state.concatenated = self._layout(state)
         if state.concatenated and record.upload_url is not None:
@@ -418,7 +427,12 @@ class TusUploader:
         if not state.started:
             state.started = True
             state.result.resumed_from = held_before
-        self.progress.file_started(state.job, record.size, state.ledger.committed_bytes)
+        # What earlier runs left is "resuming"; a small file that travelled in the creating
+        # POST of this run is progress of this run.
+        resumed = min(held_before, state.ledger.committed_bytes)
+        self.progress.file_started(state.job, record.size, resumed)
+        if state.ledger.committed_bytes > resumed:
+            self.progress.committed(state.job, state.ledger.committed_bytes - resumed)
         if len(state.parts) == 1:
             await self._send_part(state, state.parts[0])
         else:
@@ -715,6 +729,21 @@ class TusUploader:
         state.record = self.repo.get(state.record.file_id) or state.record
         await self._check_final(state)
 
+    async def _confirm_finished(self, state: _FileState) -> None:
+        """A transfer finished in an earlier run: the server must still hold all of it (its
+        upload answers HEAD with the whole length), else it is sent again (``_Gone``)."""
+        url = state.record.upload_url
+        if url is None:
+            raise _Gone("no upload URL was recorded for it")
+        whole = _Part(-1, 0, state.ledger.chunk_count, 0, state.record.size, url)
+        offset = await self._head(whole)
+        if offset != whole.length:
+            raise _Gone(f"the upload {url} holds {offset} of {whole.length} bytes")
+        state.done = True
+        state.result.state = "verified"
+        state.result.resumed_from = state.record.size
+        self.progress.file_done(state.result)
+
     async def _check_final(self, state: _FileState) -> None:
         """The joined upload exists and holds the whole file."""
         assert state.record.upload_url is not None
@@ -786,10 +815,16 @@ async def terminate(http: HttpClient, url: str) -> None:
     raise Rejected(f"deleting {url}: refused: HTTP {response.status_code}{_detail(response)}")
 
 
-async def cancel_upload(record: TransferRecord, urls: Sequence[str], token: str | None) -> None:
+async def cancel_upload(
+    record: TransferRecord, urls: Sequence[str], connect: ConnectOptions
+) -> None:
     """``resume cancel`` of a tus transfer: delete its uploads on the server."""
     retry = RetryLoop(record.url, give_up_after=15.0)
-    async with HttpClient(headers=tus.base_headers(token)) as http:
+    async with HttpClient(
+        headers=tus.base_headers(connect.token),
+        verify=connect.ssl or True,
+        use_env_proxy=connect.use_env_proxy,
+    ) as http:
         for url in urls:
             await retry.run(lambda url=url: terminate(http, url))
 

@@ -148,6 +148,31 @@ def test_what_cannot_be_sent_is_reported_and_the_rest_is_sent(
     assert "locked.bin" in again.stderr and "already on the server (verified)" in again.stderr
 
 
+def test_a_file_over_the_servers_limit_is_reported_and_the_rest_is_sent(tmp_path: Path) -> None:
+    """`serve --max-size`: the big file is named on stderr, the others are sent (also the ones
+    after it), exit 1; --skip-errors exits 0."""
+    tree = tmp_path / "tree"
+    make_file(tree / "a.bin", 1_000)
+    make_file(tree / "big.bin", 100_000, seed=1)
+    make_file(tree / "c.bin", 1_000, seed=2)
+    db = str(tmp_path / "c.db")
+    with ServeProcess(tmp_path / "srv", "--max-size", "50000") as server:
+        result = run_resume("upload", str(tree), server.url, "--db", db, "--json")
+        assert result.returncode == 1, result.stderr
+        states = {f["name"]: f["state"] for f in json.loads(result.stdout)["files"]}
+        assert states == {
+            "tree/a.bin": "completed",
+            "tree/big.bin": "failed",
+            "tree/c.bin": "completed",
+        }
+        assert "tree/big.bin: too large for the server" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert sorted(p.name for p in (server.root / "tree").iterdir()) == ["a.bin", "c.bin"]
+        again = run_resume("upload", str(tree), server.url, "--db", db, "--skip-errors")
+    assert again.returncode == 0, again.stderr
+    assert "tree/big.bin: too large for the server" in again.stderr
+
+
 def test_a_source_changed_while_sending_stops_at_the_next_chunk(
     serve: ServeProcess, tmp_path: Path
 ) -> None:
@@ -431,14 +456,14 @@ def visible_lines(output: str) -> list[str]:
 
 
 def test_progress_on_an_80_column_terminal(serve: ServeProcess, tmp_path: Path) -> None:
-    """File counter, total known from the start, numbers visible at 80 columns, a summary."""
+    """File counter, total known from the start, numbers visible at 80 columns, a summary;
+    a finished re-run shows what the server confirmed and a summary."""
     tree = tmp_path / "tree"
     make_file(tree / ("a-rather-long-name-" * 5 + ".bin"), 1_000_000)
     make_file(tree / "b.bin", 2_000_000, seed=1)
     make_file(tree / "c.bin", 1_000, seed=2)
-    code, output = run_in_pty(
-        "upload", str(tree), serve.url, "--db", str(tmp_path / "c.db"), "--chunk-size", "64k"
-    )
+    args = ("upload", str(tree), serve.url, "--db", str(tmp_path / "c.db"), "--chunk-size", "64k")
+    code, output = run_in_pty(*args)
     assert code == 0, output
     lines = visible_lines(output)
     drawn = [line for line in lines if line.startswith(("file ", "verified "))]
@@ -449,6 +474,13 @@ def test_progress_on_an_80_column_terminal(serve: ServeProcess, tmp_path: Path) 
     # the long name is shortened, not the numbers
     assert any("…" in line and line.endswith("name-.bin") for line in bars)
     assert lines[-1].startswith("3 file(s): 3 sent and verified;")
+    # a finished re-run: each file confirmed by the server, then the summary (no empty bar)
+    code, output = run_in_pty(*args)
+    assert code == 0, output
+    lines = visible_lines(output)
+    assert sum(line.endswith(": already on the server (verified)") for line in lines) == 3
+    assert lines[-1].startswith("3 file(s): 0 sent and verified, 3 already on the server;")
+    assert not [line for line in lines if "connecting" in line or "?" in line]
 
 
 def test_a_resumed_file_says_where_it_resumes(serve: ServeProcess, tmp_path: Path) -> None:

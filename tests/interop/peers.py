@@ -112,10 +112,14 @@ class ListeningProcess:
 # -- Python peers ----------------------------------------------------------------------------
 
 
-def tuspy_server(files_dir: Path, log_path: Path) -> ListeningProcess:
-    """tuspyserver serving ``files_dir`` at ``/files/`` (not started yet)."""
+def tuspy_server(
+    files_dir: Path, log_path: Path, tls: tuple[Path, Path] | None = None
+) -> ListeningProcess:
+    """tuspyserver serving ``files_dir`` at ``/files/`` (not started yet); over https with
+    ``tls`` = (certificate, key)."""
+    extra = ["0", *map(str, tls)] if tls else []
     return ListeningProcess(
-        [sys.executable, str(HERE / "tuspy_server.py"), str(files_dir)], log_path
+        [sys.executable, str(HERE / "tuspy_server.py"), str(files_dir), *extra], log_path
     )
 
 

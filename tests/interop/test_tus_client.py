@@ -19,7 +19,7 @@ import pytest
 
 from tests.interop.peers import ListeningProcess, read_upload
 from tests.interop.peers import random_file as make_file
-from tests.processes import run_resume, start_upload, stop, wait_until
+from tests.processes import run_in_pty, run_resume, start_upload, stop, wait_until
 
 CHUNK = 256 * 1024
 BIG = 48 * 2**20 + 4321  # long enough to be killed in the middle; not a whole number of chunks
@@ -103,6 +103,37 @@ def assert_resumed_identical(source: Path, url: str, db: Path, files: Path, *ext
 # -- real third-party servers ----------------------------------------------------------------
 
 
+def test_a_finished_tus_upload_is_confirmed_by_the_server_or_sent_again(
+    tuspy: ListeningProcess, tmp_path: Path
+) -> None:
+    """A re-run asks the server (HEAD): the whole length there is 'already on the server',
+    nothing sent; deleted there, it is sent again. tus has no whole-file checksum, so nothing
+    claims 'verified' (and a small file sent in the creating POST is not 'resuming')."""
+    source = make_file(tmp_path / "data.bin", 300_000)
+    db = tmp_path / "c.db"
+    code, output = run_in_pty("upload", str(source), tuspy.url, "--db", str(db))
+    assert code == 0, output
+    assert "uploaded data.bin" in output and "resuming" not in output
+    assert "0 sent and verified, 1 sent without a whole-file check;" in output
+
+    again = run_resume("upload", str(source), tuspy.url, "--db", str(db), "--json")
+    assert again.returncode == 0, again.stderr
+    [item] = json.loads(again.stdout)["files"]
+    assert (item["state"], item["bytes_sent"], item["checksum"]) == ("verified", 0, None)
+    assert "data.bin: already on the server (length confirmed)" in again.stderr
+
+    for stored in (tmp_path / "tuspy").iterdir():
+        stored.unlink()
+    code, summary, stderr = upload(source, tuspy.url, db)
+    assert code == 0, stderr
+    [item] = summary["files"]
+    assert (item["state"], item["bytes_sent"]) == ("completed", 300_000)
+    assert "the server no longer has the upload" in stderr
+    [record] = status(db)
+    assert record["state"] == "completed"
+    assert read_upload(tmp_path / "tuspy", record["upload_url"]) == source.read_bytes()
+
+
 def test_tuspyserver_upload_survives_a_client_sigkill(
     tuspy: ListeningProcess, tmp_path: Path
 ) -> None:
@@ -154,7 +185,7 @@ def test_directory_small_and_empty_files_to_tus_node_server(
     assert info["size"] == 5000
     code, summary, _ = upload(folder, tus_node.url, db)
     assert code == 0 and summary["bytes_sent"] == 0
-    assert {f["state"] for f in summary["files"]} == {"skipped"}
+    assert {f["state"] for f in summary["files"]} == {"verified"}  # confirmed by HEAD
 
 
 def test_parallel_upload_concatenates_on_tuspyserver(

@@ -12,11 +12,14 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from resume.net.connector import ConnectOptions
-from resume.store import Store
+from resume.protocol.session import Gap
+from resume.protocol.upload import Begin, new_file_id
+from resume.store import Store, open_store
 from resume.stream.client import StreamClient
 from resume.transfer.plan import collect_jobs
 from resume.transfer.upload import Uploader
 from tests.transfer.conftest import RunningServer, StartServer, fast_options, make_file
+from tests.transfer.test_receiver import raw, request
 
 
 def get(url: str, path: str, token: str | None = None) -> tuple[int, Message, bytes]:
@@ -117,6 +120,34 @@ async def test_metrics_change_after_an_upload_and_a_stream(
     assert after["resume_stream_messages_delivered_total"] >= 3
     assert after["resume_uploads_in_progress"] == 0
     assert after["resume_disk_free_bytes"] > 0
+
+
+async def test_an_upload_in_progress_and_a_gap_show_in_the_metrics(
+    start_server: StartServer,
+) -> None:
+    """The in-progress gauge counts an upload while its owner is connected; a consumer told
+    that trimmed messages are gone counts one gap."""
+    server = await start_server(retention_count=3)
+    uploading = await raw(server)
+    reply = await request(uploading, Begin(new_file_id(), "half.bin", 10_000, 4096).to_json())
+    assert reply["type"] == "state"
+    assert (await scrape(server))["resume_uploads_in_progress"] == 1
+    await uploading.close()
+
+    url = f"{server.url}/streams/orders"
+    async with StreamClient(url, subscribe=False) as producer:
+        await producer.send_many(list(range(10)))
+        await producer.flush()
+    gaps: list[Gap] = []
+    with open_store(server.root.parent / "client.db") as store:
+        store.stream_client.set_cursor("late", url, 0)
+        async with StreamClient(url, consumer="late", store=store, on_gap=gaps.append) as late:
+            for _ in range(3):
+                await asyncio.wait_for(late.receive(), 10)
+    assert gaps == [Gap(1, 7)]
+    after = await scrape(server)
+    assert after["resume_stream_gaps_total"] == 1
+    assert after["resume_uploads_in_progress"] == 0  # its owner left
 
 
 async def test_refusals_are_counted_with_bounded_labels(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,17 @@ def upload(tmp_path: Path, url: str, *args: str, size: int = 200_000) -> str:
 
 
 def test_json_log_lines_parse(tmp_path: Path) -> None:
-    """--log-format json: every line is a JSON object; connections, uploads, refusals logged."""
-    server = ServeProcess(tmp_path / "srv", "--log-format", "json", "--token", "s3cret")
+    """--log-format json: every line is a JSON object; connections, upload begin, finish and
+    failure, refused tokens logged with the peer."""
+    args = ("--log-format", "json", "--token", "s3cret", "--max-size", "300000")
+    server = ServeProcess(tmp_path / "srv", *args)
     server.start()
     try:
         assert upload(tmp_path, server.url, "--token", "wrong").startswith("exit 1:")
         assert upload(tmp_path, server.url, "--token", "s3cret").startswith("exit 0:")
+        (tmp_path / "big").mkdir()
+        too_big = upload(tmp_path / "big", server.url, "--token", "s3cret", size=400_000)
+        assert too_big.startswith("exit 1:"), too_big
     finally:
         assert server.terminate() == 0
     records = [json.loads(line) for line in server.log.splitlines()]  # each line parses
@@ -44,6 +50,8 @@ def test_json_log_lines_parse(tmp_path: Path) -> None:
     begin = [r for r in records if r["message"].startswith("upload begin data.bin")]
     finish = [r for r in records if r["message"].startswith("upload finished data.bin")]
     assert begin and finish and finish[0]["peer"].startswith("127.0.0.1:")
+    [failed] = [r for r in records if r["message"].startswith("upload refused for 127.0.0.1:")]
+    assert failed["code"] == "too_large" and failed["peer"].startswith("127.0.0.1:")
     connections = [r for r in records if r.get("event") == "connection"]
     assert connections and connections[-1]["path"] == "/upload"
     assert connections[-1]["close_code"] == 1000 and connections[-1]["level"] == "info"
@@ -134,16 +142,19 @@ async def test_server_status_lists_partials_with_owner_and_channels(
     await request(producer, hello)
     await request(producer, {"type": "pub", "seq": 1, "data": ["a", "b", "c"]})
 
-    async def status(*args: str) -> dict:
+    async def run(*args: str) -> str:
         process = await asyncio.create_subprocess_exec(
             *resume_cmd(*args),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=resume_env(),
+            env=resume_env({"COLUMNS": "120"}),
         )
         out, err = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode == 0, err.decode()
-        return json.loads(out)
+        return out.decode()
+
+    async def status(*args: str) -> dict:
+        return json.loads(await run(*args))
 
     document = await status("server-status", "--root", str(server.root), "--json")
     [partial] = document["partials"]
@@ -159,6 +170,12 @@ async def test_server_status_lists_partials_with_owner_and_channels(
 
     same = await status("serve", "--root", str(server.root), "--list", "--json")
     assert same["partials"] == document["partials"]
+    # for people: the same rows in tables
+    table = await run("server-status", "--root", str(server.root))
+    assert f"server: running (pid {os.getpid()})" in table
+    row = next(line for line in table.splitlines() if "half.bin" in line)
+    assert file_id[:8] in row and partial["owner"] in row
+    assert any("orders" in line and " 3 " in line for line in table.splitlines())
     await uploading.close()
     await producer.close()
 
