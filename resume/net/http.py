@@ -13,7 +13,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import httpx
@@ -119,9 +119,10 @@ class HttpClient:
         url: str,
         *,
         headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
     ) -> httpx.Response:
-        """Send one request and read the whole response."""
+        """Send one request and read the whole response (``content``: the body, or its pieces
+        as they are produced, with the ``Content-Length`` given in ``headers``)."""
         try:
             return await self._client.request(method, url, headers=headers, content=content)
         except httpx.HTTPError as exc:

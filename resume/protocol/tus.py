@@ -149,6 +149,14 @@ def new_hasher(algorithm: str) -> Any:
         raise TusProtocolError(f"unsupported checksum algorithm {algorithm!r}") from None
 
 
+def checksum_header_of(algorithm: str, parts: Iterable[bytes | bytearray | memoryview]) -> str:
+    """``Upload-Checksum`` for the concatenation of ``parts`` (hashed in place, not joined)."""
+    hasher = new_hasher(algorithm)
+    for part in parts:
+        hasher.update(part)
+    return f"{algorithm} {base64.b64encode(hasher.digest()).decode('ascii')}"
+
+
 def digest(algorithm: str, data: bytes | bytearray | memoryview) -> bytes:
     """The raw digest of ``data`` with a tus checksum algorithm."""
     hasher = new_hasher(algorithm)

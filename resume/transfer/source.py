@@ -155,6 +155,14 @@ class ChunkSource:
             os.close(self._fd)
             self._fd = None
 
+    async def read_into(self, spec: ChunkSpec, into: memoryview) -> memoryview:
+        """Read chunk ``spec`` into ``into`` (reused by the caller: no allocation per chunk);
+        returns the view of exactly the chunk's bytes. Raises as :meth:`read`."""
+        assert self._fd is not None, "use ChunkSource as an async context manager"
+        view = into[: spec.length]
+        await asyncio.to_thread(self._fill, self._fd, spec, view)
+        return view
+
     async def read(self, spec: ChunkSpec, *, prefix: int = 0) -> bytearray:
         """Read chunk ``spec`` into a new buffer, after ``prefix`` spare bytes for a header.
 
@@ -166,7 +174,10 @@ class ChunkSource:
 
     def _read(self, fd: int, spec: ChunkSpec, prefix: int) -> bytearray:
         buffer = bytearray(prefix + spec.length)
-        view = memoryview(buffer)[prefix:]
+        self._fill(fd, spec, memoryview(buffer)[prefix:])
+        return buffer
+
+    def _fill(self, fd: int, spec: ChunkSpec, view: memoryview) -> None:
         filled = 0
         try:
             while filled < spec.length:
@@ -181,7 +192,6 @@ class ChunkSource:
         except OSError as exc:
             raise source_error(self.path, exc) from exc
         self._check(now)
-        return buffer
 
     def _check(self, now: Fingerprint) -> None:
         if self.fingerprint is not None and now != self.fingerprint:

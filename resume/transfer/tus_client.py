@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import mimetypes
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -296,7 +296,7 @@ class TusUploader:
         method: str,
         url: str,
         headers: dict[str, str] | None = None,
-        body: bytes | None = None,
+        body: bytes | AsyncIterator[bytes] | None = None,
     ) -> httpx.Response:
         return await self._http_client.request(method, url, headers=headers, content=body)
 
@@ -576,14 +576,22 @@ class TusUploader:
             for index in indexes:
                 held[index] = chunk_checksum(await source.read(state.ledger.spec(index)))
 
-    async def _load(self, state: _FileState, source: ChunkSource, index: int) -> bytearray:
-        """Read chunk ``index`` and make it PREPARED, durably (phase one), before it is sent.
+    async def _load(
+        self,
+        state: _FileState,
+        source: ChunkSource,
+        index: int,
+        into: memoryview | None = None,
+    ) -> bytearray | memoryview:
+        """Read chunk ``index`` (into ``into`` when given) and make it PREPARED, durably
+        (phase one), before it is sent.
 
         Runs while the previous PATCH is in flight; the database write goes to a thread so
         the event loop keeps feeding the socket.
         """
         ledger = state.ledger
-        buffer = await source.read(ledger.spec(index))
+        spec = ledger.spec(index)
+        buffer = await (source.read(spec) if into is None else source.read_into(spec, into))
         checksum = chunk_checksum(buffer)
         current = ledger.state(index)
         if current is ChunkState.PENDING:
@@ -603,11 +611,23 @@ class TusUploader:
         assert part.url is not None
         ledger = state.ledger
         per_patch = max(1, self.tus.chunks_per_patch)
-        ahead: tuple[range, asyncio.Task[list[bytearray]]] | None = None
+        # Two buffers, used in turn: one request's chunks are sent from one while the next
+        # request's are read into the other. No allocation per chunk, so memory stays flat.
+        slots = [bytearray(per_patch * ledger.chunk_size) for _ in range(2)]
+        turn = 0
+        ahead: tuple[range, asyncio.Task[list[memoryview]]] | None = None
         async with ChunkSource(state.job.path) as source:
 
-            async def load(indexes: range) -> list[bytearray]:
-                return [await self._load(state, source, index) for index in indexes]
+            async def load(indexes: range) -> list[memoryview]:
+                nonlocal turn
+                slot, turn = memoryview(slots[turn]), 1 - turn
+                views = []
+                for index in indexes:
+                    length = ledger.spec(index).length
+                    view = await self._load(state, source, index, into=slot[:length])
+                    views.append(memoryview(view))
+                    slot = slot[length:]
+                return views
 
             try:
                 while part.offset < part.length and not self._stopping.is_set():
@@ -629,7 +649,7 @@ class TusUploader:
                     await self._unprepare(state, ahead[0], ahead[1])
 
     async def _unprepare(
-        self, state: _FileState, indexes: range, task: asyncio.Task[list[bytearray]]
+        self, state: _FileState, indexes: range, task: asyncio.Task[list[memoryview]]
     ) -> None:
         """Chunks read ahead were not sent: back to PENDING (or cancel their read)."""
         if not task.done():
@@ -647,30 +667,31 @@ class TusUploader:
         state: _FileState,
         part: _Part,
         specs: list[ChunkSpec],
-        buffers: list[bytearray],
+        buffers: list[memoryview],
     ) -> None:
         """One PATCH of the rest of some chunks; on success the part's offset moves on and
-        every chunk the new offset covers is committed."""
+        every chunk the new offset covers is committed. The body is streamed from the chunk
+        buffers (no copy of it is made here)."""
         assert part.url is not None
         state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
         algorithm = self.capabilities.checksum_algorithm()
         position = part.start + part.offset
-        views = [memoryview(b) for b in buffers]
+        views = list(buffers)
         views[0] = views[0][position - specs[0].offset :]
-        body = b"".join(views)
-        checksum = tus.checksum_header(algorithm, body) if algorithm else None
-        headers = tus.patch_headers(part.offset, checksum)
-        response = await self._request("PATCH", part.url, headers, body)
-        state.result.bytes_sent += len(body)
+        length = sum(len(v) for v in views)
+        checksum = tus.checksum_header_of(algorithm, views) if algorithm else None
+        headers = {**tus.patch_headers(part.offset, checksum), "Content-Length": str(length)}
+        response = await self._request("PATCH", part.url, headers, _pieces(views))
+        state.result.bytes_sent += length
         if response.status_code == tus.CHECKSUM_FAILED:
             self._count_nack(state, specs[0].index)  # the request failed as a whole
             return
         if not response.is_success:
             raise self._error(response, f"the upload {part.url}")
         offset = _offset(response, part.url)
-        if not part.offset <= offset <= part.offset + len(body):
+        if not part.offset <= offset <= part.offset + length:
             raise ProtocolError(
-                f"{part.url}: a PATCH of {len(body)} bytes at {part.offset} was answered "
+                f"{part.url}: a PATCH of {length} bytes at {part.offset} was answered "
                 f"with Upload-Offset {offset}"
             )
         if offset == part.offset:
@@ -854,6 +875,16 @@ def _metadata(job: FileJob, resume_id: str, *, overwrite: bool = False) -> dict[
     if overwrite:
         metadata["overwrite"] = "1"
     return metadata
+
+
+PIECE = 2**20  # bytes handed to the HTTP stack at a time
+
+
+async def _pieces(views: list[memoryview]) -> AsyncIterator[bytes]:
+    """A request body from chunk buffers, a MiB at a time (memoryviews: no copy here)."""
+    for view in views:
+        for start in range(0, len(view), PIECE):
+            yield view[start : start + PIECE]  # type: ignore[misc]  # h11 takes any buffer
 
 
 def _offset(response: httpx.Response, url: str) -> int:
