@@ -131,7 +131,7 @@ def decode_metadata(header: str) -> dict[str, str]:
             raise TusProtocolError(f"metadata key {key!r} appears twice")
         try:
             result[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as exc:
+        except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII, bad UTF-8
             raise TusProtocolError(f"metadata value of {key!r} is not base64 UTF-8") from exc
     return result
 

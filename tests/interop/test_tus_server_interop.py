@@ -156,16 +156,14 @@ def test_an_acknowledged_offset_never_goes_backwards_across_server_sigkills(
         url = created.headers["Location"]
         acknowledged = 0
         failures = 0
-
-        def kill_later() -> None:
-            time.sleep(0.3)
-            serve.kill()
-
-        for _ in range(3):
-            killer = threading.Thread(target=kill_later)
-            killer.start()
+        for fraction in (0.25, 0.5, 0.75):
+            killer: threading.Thread | None = None
             try:
                 while True:
+                    if killer is None and acknowledged >= fraction * len(data):
+                        # Kill a moment later, most likely while a PATCH is in flight.
+                        killer = threading.Thread(target=lambda: (time.sleep(0.01), serve.kill()))
+                        killer.start()
                     piece = data[acknowledged : acknowledged + 300_000]
                     response = client.patch(
                         url,
@@ -180,16 +178,16 @@ def test_an_acknowledged_offset_never_goes_backwards_across_server_sigkills(
                     offset = int(response.headers["Upload-Offset"])
                     assert offset >= acknowledged
                     acknowledged = offset
-                    if acknowledged == len(data):
-                        break
+                    assert acknowledged < len(data), "the upload ended before the kill"
             except httpx.TransportError:
                 failures += 1
+            assert killer is not None
             killer.join()
             serve.start()
             head = client.head(url, headers=tus)
             assert int(head.headers["Upload-Offset"]) >= acknowledged
             acknowledged = int(head.headers["Upload-Offset"])
-        assert failures >= 1  # the kills really landed mid-upload
+        assert failures == 3  # every kill landed mid-upload
         while acknowledged < len(data):
             response = client.patch(
                 url,
