@@ -43,8 +43,16 @@ class Cluster:
     """``count`` nodes on ``db_url`` sharing ``tmp/root``; ``balancer`` in front of them."""
 
     def __init__(
-        self, tmp: Path, db_url: str, count: int, *, lease: str = "2s", extra: tuple[str, ...] = ()
+        self,
+        tmp: Path,
+        db_url: str,
+        count: int,
+        *,
+        lease: str = "2s",
+        extra: tuple[str, ...] = (),
+        rate: float | None = None,
     ) -> None:
+        self.rate = rate
         self.root = tmp / "root"
         self.db_url = db_url
         self.nodes: list[ServeProcess] = []
@@ -72,7 +80,7 @@ class Cluster:
         if errors:
             self.stop()
             raise errors[0]
-        self.balancer = Balancer([n.port for n in self.nodes]).__enter__()
+        self.balancer = Balancer([n.port for n in self.nodes], rate=self.rate).__enter__()
 
     def stop(self) -> None:
         """Stop the balancer and SIGKILL whatever node still runs."""

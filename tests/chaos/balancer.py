@@ -19,16 +19,22 @@ READ_SIZE = 256 * 1024
 
 
 class Balancer:
-    """Round-robin over ``ports`` (on 127.0.0.1); ``port`` is where clients connect."""
+    """Round-robin over ``ports`` (on 127.0.0.1); ``port`` is where clients connect.
 
-    def __init__(self, ports: list[int]) -> None:
+    ``rate`` slows each connection down to about that many bytes per second each way (so a
+    test can act in the middle of an upload on a fast machine).
+    """
+
+    def __init__(self, ports: list[int], *, rate: float | None = None) -> None:
         self.ports = list(ports)
+        self.rate = rate  # bytes per second per connection and direction (None: as fast as can)
         self.port = 0
         self.routed: Counter[int] = Counter()  # connections sent to each backend
         self._next = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._by_port: dict[int, set[asyncio.StreamWriter]] = {}
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Balancer:
@@ -91,12 +97,15 @@ class Balancer:
         port, up_reader, up_writer = upstream
         self.routed[port] += 1
         self._writers.update((writer, up_writer))
+        self._by_port.setdefault(port, set()).add(writer)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
-                while data := await src.read(READ_SIZE):
+                while data := await src.read(READ_SIZE if self.rate is None else 64 * 1024):
                     dst.write(data)
                     await dst.drain()
+                    if self.rate is not None:
+                        await asyncio.sleep(len(data) / self.rate)
             except OSError:
                 pass
             finally:
@@ -108,3 +117,14 @@ class Balancer:
         finally:
             self._writers.discard(writer)
             self._writers.discard(up_writer)
+            self._by_port.get(port, set()).discard(writer)
+
+    def cut(self, port: int) -> None:
+        """Reset every client connection routed to ``port`` (a partition from that node)."""
+        assert self._loop is not None
+
+        async def cut() -> None:
+            for writer in list(self._by_port.get(port, ())):
+                writer.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(cut(), self._loop).result(10)
