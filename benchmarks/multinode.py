@@ -119,7 +119,9 @@ async def produce(url: str, client_id: str, total: int, batch: int = 100) -> flo
             await asyncio.sleep(0.001)
         started = time.perf_counter()
         for at in range(0, total, batch):
-            await client.send_many([{"i": i, "p": client_id} for i in range(at, min(total, at + batch))])
+            await client.send_many(
+                [{"i": i, "p": client_id} for i in range(at, min(total, at + batch))]
+            )
         await client.flush(timeout=600)
         return time.perf_counter() - started
     finally:
@@ -158,7 +160,9 @@ def bench_upload_failover(source: Path, lease: str) -> float:
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=resume_env(),
             )  # fmt: skip
             owned = wait_for(
-                lambda: (u := cluster.upload(source.name)) and u.offset >= size // 4 and u.owner and u,
+                lambda: (
+                    (u := cluster.upload(source.name)) and u.offset >= size // 4 and u.owner and u
+                ),
                 120,
                 "a quarter of the upload",
                 0.005,
@@ -170,7 +174,11 @@ def bench_upload_failover(source: Path, lease: str) -> float:
             node.kill()
             died = time.perf_counter()
             wait_for(
-                lambda: (u := cluster.upload(source.name)) and u.offset > at.offset and u.owner != at.owner,
+                lambda: (
+                    (u := cluster.upload(source.name))
+                    and u.offset > at.offset
+                    and u.owner != at.owner
+                ),
                 120,
                 "the upload to continue",
                 0.002,
@@ -207,7 +215,11 @@ def bench_stream_failover() -> float:
                     while client.stats.acked < 200:  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
                     stored = count_stored(cluster)
-                    victim = cluster.nodes[0] if cluster.balancer.routed[cluster.nodes[0].port] else cluster.nodes[1]  # type: ignore[union-attr]
+                    victim = (
+                        cluster.nodes[0]
+                        if cluster.balancer.routed[cluster.nodes[0].port]
+                        else cluster.nodes[1]
+                    )  # type: ignore[union-attr]
                     victim.kill()
                     died = time.perf_counter()
                     while count_stored(cluster) <= stored + 1:  # noqa: ASYNC110
@@ -249,7 +261,9 @@ def main() -> None:
             f.write(os.urandom(min(4 * MiB, size - f.tell())))
     results: dict[str, Any] = {"size": size, "messages": args.messages, "runs": args.runs}
     uploads: dict[str, list[float]] = {"sqlite": [], "pg": [], "pg_2_nodes": []}
-    streams: dict[str, list[float]] = {k: [] for k in ("sqlite", "pg", "pg_2p_1_node", "pg_2p_2_nodes", "sqlite_2p_1_node")}
+    streams: dict[str, list[float]] = {
+        k: [] for k in ("sqlite", "pg", "pg_2p_1_node", "pg_2p_2_nodes", "sqlite_2p_1_node")
+    }
     for run in range(args.runs):  # interleaved: load from other work hits every case alike
         uploads["sqlite"].append(size / bench_upload(source, "sqlite", 1) / 1e6)
         uploads["pg"].append(size / bench_upload(source, "pg", 1) / 1e6)
@@ -271,7 +285,12 @@ def main() -> None:
     results["stream_msgs_per_s"] = {k: median(v) for k, v in streams.items()}
     results["upload_failover_s"] = {k: median(v) for k, v in failovers.items()}
     results["stream_failover_s"] = median(stream_failover)
-    results["samples"] = {"uploads": uploads, "streams": streams, "failover": failovers, "stream_failover": stream_failover}
+    results["samples"] = {
+        "uploads": uploads,
+        "streams": streams,
+        "failover": failovers,
+        "stream_failover": stream_failover,
+    }
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -282,14 +301,20 @@ def report(r: dict[str, Any]) -> None:
     up, st = r["upload_mbps"], r["stream_msgs_per_s"]
     print(f"\nupload of {r['size'] / MiB:.0f} MiB, MB/s (median of {r['runs']})")
     print(f"  one node, SQLite store        {up['sqlite']:8.1f}")
-    print(f"  one node, PostgreSQL store    {up['pg']:8.1f}   ({up['pg'] / up['sqlite']:.2f}x SQLite)")
+    print(
+        f"  one node, PostgreSQL store    {up['pg']:8.1f}   ({up['pg'] / up['sqlite']:.2f}x SQLite)"
+    )
     print(f"  two PostgreSQL nodes, balancer{up['pg_2_nodes']:8.1f}")
     print(f"\nstream, {r['messages']} messages per producer, msgs/s (median of {r['runs']})")
     print(f"  one producer, SQLite          {st['sqlite']:8.0f}")
-    print(f"  one producer, PostgreSQL      {st['pg']:8.0f}   ({st['pg'] / st['sqlite']:.2f}x SQLite)")
+    print(
+        f"  one producer, PostgreSQL      {st['pg']:8.0f}   ({st['pg'] / st['sqlite']:.2f}x SQLite)"
+    )
     print(f"  two producers, one node, SQL. {st['sqlite_2p_1_node']:8.0f}")
     print(f"  two producers, one PG node    {st['pg_2p_1_node']:8.0f}")
-    print(f"  two producers, two PG nodes   {st['pg_2p_2_nodes']:8.0f}   ({st['pg_2p_2_nodes'] / st['pg_2p_1_node']:.2f}x one node)")
+    print(
+        f"  two producers, two PG nodes   {st['pg_2p_2_nodes']:8.0f}   ({st['pg_2p_2_nodes'] / st['pg_2p_1_node']:.2f}x one node)"
+    )
     print("\nfailover (SIGKILL of the node serving the client), seconds until it continues")
     for lease, seconds in r["upload_failover_s"].items():
         print(f"  upload, lease {lease}s            {seconds:8.2f}")

@@ -148,9 +148,9 @@ class StreamLogRepository:
         with store_errors(), self.engine.begin() as conn:
             xact_lock(conn, f"stream:{channel}")
             row = conn.execute(
-                select(
-                    PRODUCERS.c.last_seq, PRODUCERS.c.instance, PRODUCERS.c.session
-                ).where(PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == producer)
+                select(PRODUCERS.c.last_seq, PRODUCERS.c.instance, PRODUCERS.c.session).where(
+                    PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == producer
+                )
             ).first()
             record = ProducerRecord(int(row.last_seq), row.instance) if row else None
             if record is not None and record.owned_by_another(instance):

@@ -96,7 +96,9 @@ class Upload:
         self.hashed = 0  # chunks [0, hashed) are in ``hasher``
         self.hashed_sums: dict[int, str] = {}
         self.hasher_valid = True
-        self.active_at = time.monotonic()  # last sign of its client (leases: resume.transfer.leases)
+        self.active_at = (
+            time.monotonic()
+        )  # last sign of its client (leases: resume.transfer.leases)
         self._flusher: asyncio.Task[None] | None = None
         self.ready = asyncio.ensure_future(self._load(prelude))
 

@@ -46,9 +46,7 @@ class LeaseBusy(ProtocolError):
     """Another node kept its lease on the file: the client should come back later (1013)."""
 
 
-async def wait_for_lease(
-    repo: ReceivedRepository, file_id: str, node: str, lease: float
-) -> None:
+async def wait_for_lease(repo: ReceivedRepository, file_id: str, node: str, lease: float) -> None:
     """Return once no other node holds a live lease on ``file_id``; raise LeaseBusy after
     waiting a lease period and a little more (that node still hears from a client)."""
     deadline = time.monotonic() + lease + 2.0

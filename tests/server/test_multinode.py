@@ -45,6 +45,7 @@ def start_upload(cluster: Cluster, source: Path, state: Path) -> Child:
 def kill_owner_at(cluster: Cluster, name: str, fraction: float, size: int) -> float:
     """SIGKILL the node receiving ``name`` once ``fraction`` of it is durable; restart it
     on its port; return how long until another node recorded the next chunk (seconds)."""
+
     def reached() -> object:
         upload = cluster.upload(name)
         assert upload is None or upload.state != "completed", f"{name} finished before the kill"
@@ -62,8 +63,10 @@ def kill_owner_at(cluster: Cluster, name: str, fraction: float, size: int) -> fl
     at_kill = cluster.upload(name)
     assert at_kill is not None and at_kill.state == "receiving", at_kill
     wait_for(
-        lambda: (u := cluster.upload(name))
-        and (u.state == "completed" or (u.offset > at_kill.offset and u.owner != at_kill.owner)),
+        lambda: (
+            (u := cluster.upload(name))
+            and (u.state == "completed" or (u.offset > at_kill.offset and u.owner != at_kill.owner))
+        ),
         60,
         f"{name} to continue on another node",
         interval=0.005,
@@ -73,7 +76,9 @@ def kill_owner_at(cluster: Cluster, name: str, fraction: float, size: int) -> fl
     return continued
 
 
-def test_uploads_continue_on_another_node_when_theirs_is_killed(tmp_path: Path, pg_url: str) -> None:
+def test_uploads_continue_on_another_node_when_theirs_is_killed(
+    tmp_path: Path, pg_url: str
+) -> None:
     """Two uploads through a balancer over three nodes; the node receiving each is SIGKILLed
     mid-file (twice in all): both clients continue elsewhere and the files arrive intact."""
     size = 32 * MiB
@@ -147,7 +152,9 @@ def stream_log(cluster: Cluster) -> list[tuple[int, str, int, str]]:
     ]
 
 
-def assert_exactly_once_per_producer(log: list[tuple[int, str, int, str]], producers: dict[str, int]) -> None:
+def assert_exactly_once_per_producer(
+    log: list[tuple[int, str, int, str]], producers: dict[str, int]
+) -> None:
     assert [row[0] for row in log] == list(range(1, len(log) + 1)), "server seqs have a gap"
     for producer, total in producers.items():
         mine = [(pseq, int(data)) for _, p, pseq, data in log if p == producer]

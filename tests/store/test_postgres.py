@@ -116,9 +116,14 @@ def test_appends_from_two_nodes_get_gap_free_seqs(pg_url: str) -> None:
 
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(produce, range(2)))
-        rows = stores[0].engine.connect().exec_driver_sql(
-            "SELECT seq, producer, producer_seq, data FROM stream_messages ORDER BY seq"
-        ).all()
+        rows = (
+            stores[0]
+            .engine.connect()
+            .exec_driver_sql(
+                "SELECT seq, producer, producer_seq, data FROM stream_messages ORDER BY seq"
+            )
+            .all()
+        )
     finally:
         for store in stores:
             store.close()
@@ -140,7 +145,9 @@ def test_upload_lease_fences_a_paused_owner(pg_url: str) -> None:
         args = {"file_id": "f" * 32, "name": "x.bin", "size": 8, "chunk_size": 4}
         mine = a.received.claim(**args, owner="A", lease=0.5, shared=True)
         assert isinstance(mine, ReceivedRecord)
-        a.received.record_chunks(mine.file_id, mine.epoch, [StoredChunk(0, 0, 4, "c0")], 4, lease=0.5)
+        a.received.record_chunks(
+            mine.file_id, mine.epoch, [StoredChunk(0, 0, 4, "c0")], 4, lease=0.5
+        )
         held = b.received.claim(**args, owner="B", lease=5, shared=True)
         assert isinstance(held, LeaseHeld) and held.holder == "A" and 0 < held.remaining <= 0.5
         assert b.received.foreign_lease(mine.file_id, "B") is not None
@@ -175,8 +182,12 @@ def test_producer_sessions_across_nodes(pg_url: str) -> None:
         with pytest.raises(ClientIdConflict) as fenced:
             a.streams.append("c", "p", 1, ['"x"'], instance="I1", session="s1", lease=5)
         assert fenced.value.close_code == 4410
-        assert b.streams.append("c", "p", 1, ['"x"'], instance="I1", session="s3", lease=5).count == 1
-        assert a.streams.renew_sessions([("c", "p", "s1"), ("c", "p", "s3")], 5) == [("c", "p", "s1")]
+        assert (
+            b.streams.append("c", "p", 1, ['"x"'], instance="I1", session="s3", lease=5).count == 1
+        )
+        assert a.streams.renew_sessions([("c", "p", "s1"), ("c", "p", "s3")], 5) == [
+            ("c", "p", "s1")
+        ]
         b.streams.release_session("c", "p", "s3")
         with pytest.raises(ClientIdConflict, match="another producer instance"):
             a.streams.claim_session("c", "p", instance="I2", session="s4", lease=5)
