@@ -78,13 +78,25 @@ class ProducerRecord:
 _INSERT_MESSAGES = DriverStatement(MESSAGES.insert)
 
 
+class OwnedByAnother(ClientIdConflict):
+    """The producer id belongs to another instance, which stored messages under it."""
+
+    held = 0  # the highest client seq the server holds for it
+
+
+class ProducerLive(ClientIdConflict):
+    """Another instance's connection holds the producer id's live session (on any node)."""
+
+
 def conflict(channel: str, producer: str, record: ProducerRecord) -> ClientIdConflict:
     """The error for an instance that presents a producer id another instance owns."""
-    return ClientIdConflict(
+    error = OwnedByAnother(
         f"client id {producer!r} on channel {channel!r} belongs to another producer instance "
         f"(the server holds its messages up to seq {record.last_seq})",
         client_id=producer,
     )
+    error.held = record.last_seq
+    return error
 
 
 class StreamLogRepository:
@@ -305,7 +317,7 @@ class StreamLogRepository:
                 and row.session_until is not None
                 and row.session_until > clock
             ):
-                raise ClientIdConflict(
+                raise ProducerLive(
                     f"client id {producer!r} on channel {channel!r} is in use by another live "
                     "producer",
                     client_id=producer,

@@ -62,7 +62,7 @@ from resume.protocol.frames import CloseCode
 from resume.store import Store
 from resume.store.jobs import RoundGate
 from resume.store.models import utcnow
-from resume.store.stream_log import LoggedMessage, ProducerRecord
+from resume.store.stream_log import LoggedMessage, OwnedByAnother, ProducerLive, ProducerRecord
 from resume.stream.channel import TAIL_MEMORY, Channel, TailBudget
 from resume.stream.cluster import ClusterLink
 from resume.stream.limits import ByteQueue, Quota
@@ -406,9 +406,15 @@ class StreamConnection:
                     session=session,
                     lease=endpoint.lease,
                 )
-            except ClientIdConflict as exc:
+            except ProducerLive:
                 raise ClientIdConflict(
-                    str(exc).replace(repr(self.producer), repr(self.client_id)),
+                    f"client id {self.client_id!r} is in use by another live producer",
+                    client_id=self.client_id,
+                ) from None
+            except OwnedByAnother as exc:
+                raise ClientIdConflict(
+                    f"client id {self.client_id!r} belongs to another producer instance "
+                    f"(the server holds its messages up to seq {exc.held})",
                     client_id=self.client_id,
                 ) from None
             self.session = session
