@@ -222,7 +222,7 @@ def test_soak_uploads_and_streams_through_many_kills(tmp_path: Path, pg_url: str
     size = 200 * MiB
     sources = [make_file(tmp_path / f"{n}.bin", size) for n in ("a", "b")]
     children: list[Child] = []
-    with running(tmp_path / "u", pg_url, 3, lease="2s") as cluster, reaped(children):
+    with running(tmp_path / "u", pg_url, 3, lease="2s", rate=8 * MiB) as cluster, reaped(children):
         for source in sources:
             children.append(start_upload(cluster, source, tmp_path / f"{source.stem}.db"))
         waits = [
