@@ -234,3 +234,92 @@ def test_soak_uploads_and_streams_through_many_kills(tmp_path: Path, pg_url: str
     for source in sources:
         assert (cluster.root / source.name).read_bytes() == source.read_bytes()
     print(f"\nsoak: 2 x 20000 messages in {elapsed:.1f}s; uploads continued after {waits}")
+
+
+# -- in-process: wake-ups across nodes, and where the store comes from ---------------------------
+
+
+async def _live_delivery(tmp_path: Path, pg_url: str, *, listen: bool) -> float:
+    """Seconds from a publish on node A to its delivery to a consumer on node B."""
+    import asyncio
+    import contextlib
+
+    from resume.server import ServerConfig, build_app, run_server
+    from resume.stream.client import StreamClient
+
+    stops: list[asyncio.Event] = []
+    tasks = []
+    urls: list[str] = []
+    for _ in range(2):
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        stop = asyncio.Event()
+
+        def factory(config: ServerConfig):  # type: ignore[no-untyped-def]
+            app = build_app(config)
+            if not listen:  # as if every notification were lost: the head poll must deliver
+                link = app.routes["streams"].cluster  # type: ignore[attr-defined]
+                link.listener = None
+            return app
+
+        config = ServerConfig(root=tmp_path / "root", port=0, db=pg_url, lease=2.0)
+        tasks.append(
+            asyncio.create_task(
+                run_server(config, ready=ready.set_result, stop=stop, app_factory=factory)
+            )
+        )
+        stops.append(stop)
+        urls.append(await asyncio.wait_for(ready, 30))
+    consumer = StreamClient(f"{urls[1]}/streams/live", start="start")
+    producer = StreamClient(f"{urls[0]}/streams/live", subscribe=False)
+    try:
+        await consumer.start()
+        await producer.start()
+        await producer.send({"n": 0})  # the channel exists on both nodes from here on
+        await asyncio.wait_for(consumer.receive(), 10)
+        await asyncio.sleep(0.3)
+        sent = time.monotonic()
+        await producer.send({"n": 1})
+        message = await asyncio.wait_for(consumer.receive(), 10)
+        assert message.data == {"n": 1}
+        return time.monotonic() - sent
+    finally:
+        for client in (producer, consumer):
+            with contextlib.suppress(Exception):
+                await client.close()
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_a_consumer_on_another_node_gets_messages_at_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Published on node A, delivered live to a consumer on node B: LISTEN/NOTIFY wakes B at
+    the commit (well under the 2 s head poll)."""
+    delay = await _live_delivery(tmp_path, pg_url, listen=True)
+    assert delay < 1.0, delay
+    print(f"\ndelivered across nodes {delay * 1000:.0f} ms after the publish")
+
+
+async def test_a_lost_notification_only_delays(tmp_path: Path, pg_url: str) -> None:
+    """Without any notification (as if every one were lost) node B still delivers, from its
+    head poll: the log in the database is the truth."""
+    delay = await _live_delivery(tmp_path, pg_url, listen=False)
+    assert delay < 4.0, delay
+
+
+def test_serve_takes_its_store_from_the_environment(tmp_path: Path, pg_url: str) -> None:
+    """`$RESUME_SERVER_DB` puts the server's store on PostgreSQL: no SQLite file, no root lock."""
+    from resume.store import migrate
+    from tests.processes import ServeProcess
+
+    root = tmp_path / "root"
+    with (
+        ServeProcess(root, env={"RESUME_SERVER_DB": pg_url}),
+        ServeProcess(root, env={"RESUME_SERVER_DB": pg_url}),
+    ):
+        cluster = Cluster(tmp_path, pg_url, 0)
+        head = migrate.head_revision()
+        assert cluster.query("SELECT version_num FROM alembic_version") == [(head,)]
+    assert not (root / ".resume" / "server.db").exists()
+    assert not (root / ".resume" / "server.lock").exists()
