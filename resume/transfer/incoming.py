@@ -96,9 +96,8 @@ class Upload:
         self.hashed = 0  # chunks [0, hashed) are in ``hasher``
         self.hashed_sums: dict[int, str] = {}
         self.hasher_valid = True
-        self.active_at = (
-            time.monotonic()
-        )  # last sign of its client (leases: resume.transfer.leases)
+        # the last sign of its client (when to stop renewing its lease: transfer/leases.py)
+        self.active_at = time.monotonic()
         self._flusher: asyncio.Task[None] | None = None
         self.ready = asyncio.ensure_future(self._load(prelude))
 
