@@ -6,6 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from resume.store.jobs import RoundGate
 
 log = logging.getLogger("resume.server")
 
@@ -16,6 +20,8 @@ class Housekeeping:
     Started from the first connection (an event loop is running then), stopped by
     :meth:`stop`. A failure of one round is logged and the next round runs as planned: a full
     disk or a locked store must not end the clean-up for good. With no ``age`` it never runs.
+    With a ``gate`` (several nodes on one store), a round runs on one node only
+    (:class:`resume.store.jobs.RoundGate`).
     """
 
     def __init__(
@@ -25,8 +31,10 @@ class Housekeeping:
         age: float | None,
         what: str,
         errors: tuple[type[BaseException], ...],
+        gate: RoundGate | None = None,
     ) -> None:
         self.job = job
+        self.gate = gate
         self.age = age
         self.what = what
         self.errors = errors
@@ -49,7 +57,10 @@ class Housekeeping:
         interval = max(0.5, min(self.age / 4, 60.0))
         while True:
             try:
-                await self.job()
+                if self.gate is None:
+                    await self.job()
+                else:
+                    await self.gate.run_once(self.what, interval, self.job)
             except self.errors:
                 log.exception("%s failed", self.what)
             await asyncio.sleep(interval)

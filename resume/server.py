@@ -48,7 +48,9 @@ from resume.protocol.frames import CHANNEL_NAME, SUBPROTOCOL, CloseCode
 from resume.protocol.tus_server import Settings as TusSettings
 from resume.rootlock import RootLock
 from resume.store import Store, open_store
+from resume.store.jobs import RoundGate
 from resume.stream.endpoint import StreamEndpoint
+from resume.transfer.leases import node_name
 from resume.transfer.receiver import UploadEndpoint, UploadLimits
 from resume.transfer.tus_endpoint import TusEndpoint
 
@@ -88,11 +90,29 @@ class ServerConfig:
     allow_anonymous: bool = False  # serve a non-loopback address without any authentication
     min_free_space: int = 256 * 2**20  # /readyz fails below this many free bytes on the root
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to use /files ("*": any)
+    # The store: a SQLAlchemy URL or a path; None = <root>/.resume/server.db (SQLite, one
+    # node). On PostgreSQL several nodes share it and the root (docs/operations.md).
+    db: str | None = None
+    lease: float = 10.0  # several nodes: seconds an upload or producer lease lasts unrenewed
 
     @property
     def state_dir(self) -> Path:
         """Where the server keeps its store and partial files."""
         return self.root / STATE_DIR
+
+    @property
+    def store_url(self) -> str:
+        """The store's URL: ``db``, else the SQLite file under the root."""
+        from resume.store import resolve_url
+
+        return resolve_url(self.db or self.state_dir / "server.db")
+
+    @property
+    def shared(self) -> bool:
+        """Whether the store may be shared by several nodes (any database but SQLite)."""
+        from resume.store.engine import sqlite_path
+
+        return self.db is not None and sqlite_path(self.store_url) is None
 
 
 class Endpoint(Protocol):
@@ -146,7 +166,7 @@ class ResumeApp:
         self.lock: RootLock | None = None
         try:
             config.state_dir.mkdir(parents=True, exist_ok=True)
-            if store is None:
+            if store is None and not config.shared:  # nodes sharing a store share the root
                 self.lock = RootLock(config.state_dir)
                 self.lock.acquire()
         except OSError as exc:
@@ -154,7 +174,7 @@ class ResumeApp:
         if created:
             log.warning("root %s did not exist: created it", root, extra={"root": str(root)})
         try:
-            self.store = store or open_store(config.state_dir / "server.db", durable=True)
+            self.store = store or open_store(config.store_url, durable=True)
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
@@ -492,6 +512,9 @@ def _select_subprotocol(connection: ServerConnection, subprotocols: Any) -> Any:
 def build_app(config: ServerConfig) -> ResumeApp:
     """A :class:`ResumeApp` with the upload and stream endpoints mounted."""
     app = ResumeApp(config)
+    shared = config.shared or app.store.engine.dialect.name == "postgresql"
+    node = node_name()
+    gate = RoundGate(app.store.engine, node) if shared else None
     uploads = UploadEndpoint(
         app.store,
         config.root,
@@ -499,7 +522,10 @@ def build_app(config: ServerConfig) -> ResumeApp:
         max_chunk_size=config.max_chunk_size,
         expire=config.expire,
         limits=config.upload_limits,
+        lease=config.lease if shared else None,
+        gate=gate,
     )
+    uploads.node_id = node
     uploads.metrics = app.metrics
     app.metrics.watch_uploads(lambda: sum(u.owner is not None for u in uploads.uploads.values()))
     app.mount_exact("/upload", uploads)
@@ -522,6 +548,10 @@ def build_app(config: ServerConfig) -> ResumeApp:
         tail_memory=config.tail_memory,
         publish_rate=config.publish_rate,
         publish_bytes=config.publish_bytes,
+        shared=shared,
+        lease=config.lease,
+        listen_url=app.store.url if app.store.engine.dialect.name == "postgresql" else None,
+        gate=gate,
     )
     streams.metrics = app.metrics
     app.mount_prefix("streams", streams)

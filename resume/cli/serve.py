@@ -60,6 +60,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also accept JWTs verified with this PEM public key (RS*, PS*, ES*, EdDSA)",
     )
     parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=os.environ.get("RESUME_SERVER_DB"),
+        help=(
+            "the server's store: a SQLAlchemy URL or a file (default: $RESUME_SERVER_DB, else "
+            "ROOT/.resume/server.db). With postgresql+psycopg://... several servers share it "
+            "and one ROOT behind a load balancer (pip install 'resume-ws[postgres]'; "
+            "docs/operations.md)"
+        ),
+    )
+    parser.add_argument(
+        "--lease",
+        metavar="AGE",
+        default="10s",
+        help=(
+            "several servers on one store: how long a server's hold on an upload or a producer "
+            "lasts without renewal, i.e. how soon another server takes over from one that died "
+            "(default 10s)"
+        ),
+    )
+    parser.add_argument(
         "--max-size", metavar="SIZE", help="largest file accepted, e.g. 10GiB (default: no limit)"
     )
     parser.add_argument(
@@ -218,8 +239,11 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         queued = parse_size(args.max_queued)
         tail_memory = parse_size(args.tail_memory)
         publish_bytes = parse_size(args.publish_bytes) if args.publish_bytes else None
+        lease = parse_duration(args.lease)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if not lease > 0:
+        raise UsageError("--lease must be positive")
     if args.retention_count is not None and args.retention_count < 1:
         raise UsageError("--retention-count must be at least 1")
     for option, value in (
@@ -263,6 +287,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         allow_anonymous=args.allow_anonymous,
         min_free_space=min_free_space,
         cors_origins=tuple(args.cors_origin or ()),
+        db=args.db or None,
+        lease=lease,
     )
 
 

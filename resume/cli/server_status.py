@@ -50,6 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=os.environ.get("RESUME_TOKEN"),
         help="the server's token, for the live details (default: $RESUME_TOKEN)",
     )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=os.environ.get("RESUME_SERVER_DB"),
+        help="the server's --db, if it has one (default: $RESUME_SERVER_DB)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     parser.set_defaults(run=run)
 
@@ -63,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     root = args.root.expanduser().absolute()
     state_dir = root / STATE_DIR
-    db = state_dir / "server.db"
-    if not db.exists():
+    db: str | Path = getattr(args, "db", None) or state_dir / "server.db"
+    if isinstance(db, Path) and not db.exists():
         raise UsageError(f"no resume server state under {root} (no {db})")
     with open_store(db, readonly=True) as store:
         partials = partial_uploads(store.engine)

@@ -73,6 +73,7 @@ def channels(engine: Engine) -> list[ChannelSummary]:
     """Every channel with a log, by name."""
     producers = (
         select(StreamProducer.channel, func.count().label("producers"))
+        .where(StreamProducer.last_seq > 0)  # rows of live sessions that stored nothing: not yet
         .group_by(StreamProducer.channel)
         .subquery()
     )

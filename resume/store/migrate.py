@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from resume.store import Store
 
 # The newest revision in migrations/versions; a test keeps the two equal.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
 def migrations_dir() -> Path:
@@ -91,35 +91,45 @@ def ensure_head(store: Store) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at; None for an empty database."""
-    from sqlalchemy import inspect, text
-
     with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return _revision_on(conn)
 
 
 def upgrade(engine: Engine) -> str:
     """Bring the database to head; a no-op (no write lock, no Alembic) when it is there.
 
-    Runs inside one transaction that holds the write lock, so two processes opening a new
-    database at once cannot both create the tables.
+    Runs inside one transaction that holds the write lock (SQLite) or an advisory lock
+    (PostgreSQL), and reads the revision again under it: several processes or server nodes
+    opening a new database at once migrate it once; the others wait, then find it at head.
     """
-    current = current_revision(engine)
-    if current == HEAD_REVISION:
-        return current
+    if current_revision(engine) == HEAD_REVISION:
+        return HEAD_REVISION
     from alembic import command
+
+    from resume.store.shared import xact_lock
 
     script = script_directory()
     head = script.get_current_head()
-    if current is not None and not _known(script, current):
-        raise SchemaOutOfDate(
-            f"database is at revision {current}, unknown to this version of resume "
-            f"(head {head}); it was written by a newer release"
-        )
     with engine.begin() as conn:
+        xact_lock(conn, "resume.migrate")
+        current = _revision_on(conn)
+        if current == HEAD_REVISION:
+            return current
+        if current is not None and not _known(script, current):
+            raise SchemaOutOfDate(
+                f"database is at revision {current}, unknown to this version of resume "
+                f"(head {head}); it was written by a newer release"
+            )
         command.upgrade(alembic_config(conn), "head")
     return head or HEAD_REVISION
+
+
+def _revision_on(conn: Connection) -> str | None:
+    from sqlalchemy import inspect, text
+
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def check(engine: Engine) -> None:

@@ -240,6 +240,22 @@ class StreamProducer(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger)
     instance: Mapped[str | None] = mapped_column(String(64))
     timestamp: Mapped[dt.datetime] = mapped_column(DateTime)
+    # The one live connection of this producer, on whichever node serves it: every append
+    # checks it (a connection fenced on another node stores nothing more). It lapses at
+    # ``session_until`` unless renewed, so a dead node's session does not hold the id forever.
+    session: Mapped[str | None] = mapped_column(String(64))
+    session_instance: Mapped[str | None] = mapped_column(String(64))
+    session_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class ServerJob(Base):
+    """Server side: when a housekeeping job last ran, and on which node (once across nodes)."""
+
+    __tablename__ = "server_jobs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node: Mapped[str | None] = mapped_column(String(64))
+    last_run: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
 
 # Client side (durable mode): the outbox, the seq counter, and each consumer's cursor.

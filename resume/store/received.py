@@ -6,6 +6,15 @@ that first checks the epoch is still the file's. An owner that was taken over ge
 :class:`resume.errors.Fenced` and records nothing. Names are claimed in ``upload_names`` in the
 same transaction that creates the file, so two uploads can never own one name, even from two
 server nodes.
+
+**Leases (several nodes).** The owner node's claim holds a lease (``owner``, ``lease_until``,
+on the database's clock) that it renews while receiving (:meth:`ReceivedRepository.renew`,
+and every chunk commit). A claim from another node while the lease runs is refused with
+:class:`LeaseHeld`; once it lapsed (the node died, or stopped hearing from its client) the
+claim raises the epoch and the old owner is fenced on its next write, paused or not. A node
+whose connection ends releases the lease at once, so its client continues elsewhere without
+waiting. With one node (SQLite, the root locked) there is nobody to wait for: ``shared=False``
+ignores leases left by a crashed predecessor.
 """
 
 from __future__ import annotations
@@ -13,8 +22,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from resume.errors import Fenced, StoreError
@@ -27,6 +37,7 @@ from resume.store.models import (
     UploadName,
     utcnow,
 )
+from resume.store.shared import db_now
 
 FILES = ReceivedFile.__table__
 HTTP = HttpUpload.__table__
@@ -87,6 +98,14 @@ class NameTaken:
     since: dt.datetime  # when it last changed
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseHeld:
+    """``claim`` refused: another node holds a lease on the file that has not lapsed."""
+
+    holder: str  # the node id
+    remaining: float  # seconds until it lapses unless renewed
+
+
 def _record(row: Row) -> ReceivedRecord:
     values = dict(row._mapping)
     values["state"] = ReceiveState(values["state"])
@@ -118,22 +137,38 @@ class ReceivedRepository:
         chunk_size: int,
         owner: str,
         overwrite: bool = False,
-        lease_until: dt.datetime | None = None,
+        lease: float | None = None,
+        shared: bool = False,
         claim_name: bool = True,
         http: dict[str, object] | None = None,
-    ) -> ReceivedRecord | NameTaken:
-        """Make ``owner`` the owner of a receiving file, creating it (and claiming its name).
+    ) -> ReceivedRecord | NameTaken | LeaseHeld:
+        """Make ``owner`` (a node) the owner of a receiving file, creating it (and its name).
 
         Returns the record with the owner's new epoch, or :class:`NameTaken` when the file is
         new and another unfinished upload holds the name. The caller checks beforehand that an
-        existing record matches (name, size, chunk size) and is still receiving. A tus partial
-        upload is never published, so it claims no name (``claim_name=False``); an upload over
-        HTTP records its ``http_uploads`` row (``http``: its columns) with the file.
+        existing record matches (name, size, chunk size) and is still receiving. ``lease``:
+        seconds the claim holds unless renewed. With ``shared``, another node's live lease
+        refuses the claim (:class:`LeaseHeld`). A tus partial upload is never published, so it
+        claims no name (``claim_name=False``); an upload over HTTP records its
+        ``http_uploads`` row (``http``: its columns) with the file.
         """
         now = utcnow()
         try:
             with store_errors(), self.engine.begin() as conn:
-                if self._get(conn, file_id) is None:
+                clock = db_now(conn)
+                existing = self._get(conn, file_id, lock=shared)
+                if (
+                    shared
+                    and existing is not None
+                    and existing.owner not in (None, owner)
+                    and existing.lease_until is not None
+                    and existing.lease_until > clock
+                ):
+                    left = (existing.lease_until - clock).total_seconds()
+                    return LeaseHeld(existing.owner or "", left)
+                if shared and existing is not None and existing.state is not ReceiveState.RECEIVING:
+                    return existing  # another node finished or cancelled it meanwhile
+                if existing is None:
                     holder = (
                         conn.execute(select(NAMES).where(UploadName.name == name)).first()
                         if claim_name
@@ -169,7 +204,7 @@ class ReceivedRepository:
                     .values(
                         epoch=ReceivedFile.epoch + 1,
                         owner=owner,
-                        lease_until=lease_until,
+                        lease_until=clock + dt.timedelta(seconds=lease) if lease else None,
                         overwrite=overwrite,
                         timestamp=now,
                     )
@@ -184,6 +219,15 @@ class ReceivedRepository:
             raise
         assert claimed is not None
         return claimed
+
+    def foreign_lease(self, file_id: str, node: str) -> LeaseHeld | None:
+        """The live lease another node than ``node`` holds on the file, if any."""
+        with store_errors(), self.engine.begin() as conn:
+            record = self._get(conn, file_id)
+            if record is None or record.owner in (None, node) or record.lease_until is None:
+                return None
+            left = (record.lease_until - db_now(conn)).total_seconds()
+        return LeaseHeld(record.owner or "", left) if left > 0 else None
 
     def name_holder(self, name: str) -> NameTaken | None:
         """The unfinished upload that owns ``name``, if any."""
@@ -200,17 +244,25 @@ class ReceivedRepository:
             return {index: checksum for index, checksum in conn.execute(query)}
 
     def record_chunks(
-        self, file_id: str, epoch: int, chunks: Sequence[StoredChunk], offset: int
+        self,
+        file_id: str,
+        epoch: int,
+        chunks: Sequence[StoredChunk],
+        offset: int,
+        *,
+        lease: float | None = None,
     ) -> None:
         """Record fsynced chunks (replacing older rows of the same index) and the new offset.
 
         Raises :class:`Fenced`, recording nothing, when ``epoch`` is no longer the file's.
         An appended upload may record only a new offset (its stream ended inside a chunk).
+        With ``lease``, the owner's lease is renewed for that many seconds in the same commit.
         """
         latest = {c.index: c for c in chunks}  # a chunk sent twice in one batch: the last wins
         now = utcnow()
         with store_errors(), self.engine.begin() as conn:
-            self._fence(conn, file_id, epoch, offset=offset, timestamp=now)
+            renewal = {"lease_until": db_now(conn) + dt.timedelta(seconds=lease)} if lease else {}
+            self._fence(conn, file_id, epoch, offset=offset, timestamp=now, **renewal)
             if not latest:
                 return
             conn.execute(
@@ -241,6 +293,21 @@ class ReceivedRepository:
                 update(HttpUpload)
                 .where(HttpUpload.file_id == file_id)
                 .values(length_deferred=False)
+            )
+
+    def renew(self, file_id: str, epoch: int, lease: float) -> None:
+        """Extend the lease of the owner with ``epoch`` by ``lease`` seconds; fenced."""
+        with store_errors(), self.engine.begin() as conn:
+            until = db_now(conn) + dt.timedelta(seconds=lease)
+            self._fence(conn, file_id, epoch, lease_until=until)
+
+    def release(self, file_id: str, epoch: int) -> None:
+        """The owner with ``epoch`` lets go: its lease ends now (another node may claim)."""
+        with store_errors(), self.engine.begin() as conn:
+            conn.execute(
+                update(ReceivedFile)
+                .where(ReceivedFile.file_id == file_id, ReceivedFile.epoch == epoch)
+                .values(lease_until=None)
             )
 
     def begin_publish(self, file_id: str, epoch: int, checksum: str, overwrite: bool) -> None:
@@ -329,11 +396,10 @@ class ReceivedRepository:
             return [_record(row) for row in conn.execute(query)]
 
     def idle_since(self, before: dt.datetime) -> list[ReceivedRecord]:
-        """Files still receiving whose last change is older than ``before``."""
-        query = select(FILES).where(
-            ReceivedFile.state == ReceiveState.RECEIVING.value, ReceivedFile.timestamp < before
-        )
+        """Files still receiving whose last change is older than ``before`` and which no node
+        holds a live lease on."""
         with store_errors(), self.engine.begin() as conn:
+            query = select(FILES).where(*self._idle(conn, before))
             return [_record(row) for row in conn.execute(query)]
 
     def http(self, file_id: str) -> HttpRecord | None:
@@ -346,6 +412,31 @@ class ReceivedRepository:
         values["length_deferred"] = bool(values["length_deferred"])
         return HttpRecord(**values)
 
+    def delete_if_idle(self, file_id: str, before: dt.datetime) -> bool:
+        """Forget a file (as :meth:`delete`) only if it is still idle; whether it went.
+
+        A node that claimed the file meanwhile has moved its timestamp: nothing is deleted.
+        """
+        with store_errors(), self.engine.begin() as conn:
+            row = conn.execute(
+                select(FILES.c.file_id).where(FILES.c.file_id == file_id, *self._idle(conn, before))
+            ).first()
+            if row is None:
+                return False
+            conn.execute(delete(HttpUpload).where(HttpUpload.file_id == file_id))
+            conn.execute(delete(ReceivedChunk).where(ReceivedChunk.file_id == file_id))
+            conn.execute(delete(UploadName).where(UploadName.file_id == file_id))
+            conn.execute(delete(ReceivedFile).where(ReceivedFile.file_id == file_id))
+            return True
+
+    @staticmethod
+    def _idle(conn: Connection, before: dt.datetime) -> tuple[Any, ...]:
+        return (
+            ReceivedFile.state == ReceiveState.RECEIVING.value,
+            ReceivedFile.timestamp < before,
+            or_(ReceivedFile.lease_until.is_(None), ReceivedFile.lease_until < db_now(conn)),
+        )
+
     def delete(self, file_id: str) -> None:
         """Forget a file, its chunks and its name claim entirely."""
         with store_errors(), self.engine.begin() as conn:
@@ -357,8 +448,11 @@ class ReceivedRepository:
     # -- internals ---------------------------------------------------------------------------
 
     @staticmethod
-    def _get(conn: Connection, file_id: str) -> ReceivedRecord | None:
-        row = conn.execute(select(FILES).where(ReceivedFile.file_id == file_id)).first()
+    def _get(conn: Connection, file_id: str, *, lock: bool = False) -> ReceivedRecord | None:
+        query = select(FILES).where(ReceivedFile.file_id == file_id)
+        if lock and conn.dialect.name == "postgresql":
+            query = query.with_for_update()  # two nodes claiming at once: one after the other
+        row = conn.execute(query).first()
         return _record(row) if row else None
 
     @staticmethod

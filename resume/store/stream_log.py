@@ -15,14 +15,19 @@ owns it, and another instance's messages under that id are refused with
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 
-from resume.errors import ClientIdConflict, ProtocolError
+from resume.errors import PRODUCER_FENCED, ClientIdConflict, ProtocolError
 from resume.store.errors import store_errors
 from resume.store.models import StreamChannel, StreamMessage, StreamProducer, utcnow
+from resume.store.notify import PRODUCERS as PRODUCER_NOTES
+from resume.store.notify import STREAMS, notify
+from resume.store.shared import db_now, xact_lock
 from resume.store.statements import DriverStatement, driver_time, unix_time, upsert
 
 CHANNELS = StreamChannel.__table__
@@ -73,13 +78,25 @@ class ProducerRecord:
 _INSERT_MESSAGES = DriverStatement(MESSAGES.insert)
 
 
+class OwnedByAnother(ClientIdConflict):
+    """The producer id belongs to another instance, which stored messages under it."""
+
+    held = 0  # the highest client seq the server holds for it
+
+
+class ProducerLive(ClientIdConflict):
+    """Another instance's connection holds the producer id's live session (on any node)."""
+
+
 def conflict(channel: str, producer: str, record: ProducerRecord) -> ClientIdConflict:
     """The error for an instance that presents a producer id another instance owns."""
-    return ClientIdConflict(
+    error = OwnedByAnother(
         f"client id {producer!r} on channel {channel!r} belongs to another producer instance "
         f"(the server holds its messages up to seq {record.last_seq})",
         client_id=producer,
     )
+    error.held = record.last_seq
+    return error
 
 
 class StreamLogRepository:
@@ -122,6 +139,8 @@ class StreamLogRepository:
         *,
         instance: str | None = None,
         keep: int | None = None,
+        session: str | None = None,
+        lease: float | None = None,
     ) -> Appended:
         """Store client seqs ``first_seq, first_seq+1, ...`` not stored before, in one commit.
 
@@ -132,17 +151,27 @@ class StreamLogRepository:
         stores nothing; the first instance to store under an id (or under an id recorded
         without one) becomes its owner. With ``keep``, the oldest messages beyond that many are
         trimmed in the same commit.
+
+        With ``session`` (the connection's, from :meth:`claim_session`), the batch is stored
+        only while that session is the producer's live one (else ClientIdConflict with close
+        code 4410, nothing stored), and it renews the session for ``lease`` seconds.
         """
         now = utcnow()
         with store_errors(), self.engine.begin() as conn:
+            xact_lock(conn, f"stream:{channel}")
             row = conn.execute(
-                select(PRODUCERS.c.last_seq, PRODUCERS.c.instance).where(
+                select(PRODUCERS.c.last_seq, PRODUCERS.c.instance, PRODUCERS.c.session).where(
                     PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == producer
                 )
             ).first()
             record = ProducerRecord(int(row.last_seq), row.instance) if row else None
             if record is not None and record.owned_by_another(instance):
                 raise conflict(channel, producer, record)
+            if session is not None and (row is None or row.session != session):
+                raise ClientIdConflict(
+                    "fenced: a newer connection of this producer took over",
+                    close_code=PRODUCER_FENCED,
+                )
             head_row = conn.execute(
                 select(CHANNELS.c.first_seq, CHANNELS.c.last_seq).where(
                     CHANNELS.c.channel == channel
@@ -188,12 +217,15 @@ class StreamLogRepository:
                 {"first_seq": first, "last_seq": new_last, "timestamp": now},
             )
             owner = record.instance if record is not None and record.instance else instance
-            upsert(
-                conn,
-                PRODUCERS,
-                {"channel": channel, "client_id": producer},
-                {"last_seq": producer_last, "instance": owner, "timestamp": now},
-            )
+            values: dict[str, object] = {
+                "last_seq": producer_last,
+                "instance": owner,
+                "timestamp": now,
+            }
+            if session is not None and lease is not None:
+                values["session_until"] = db_now(conn) + dt.timedelta(seconds=lease)
+            upsert(conn, PRODUCERS, {"channel": channel, "client_id": producer}, values)
+            notify(conn, STREAMS, json.dumps({"c": channel, "f": first, "l": new_last}))
         return Appended(
             producer_last, last + 1, len(new), ChannelHead(first, new_last), unix_time(now)
         )
@@ -214,6 +246,7 @@ class StreamLogRepository:
     ) -> ChannelHead:
         """Drop the oldest messages beyond ``keep`` and those stored before ``before``."""
         with store_errors(), self.engine.begin() as conn:
+            xact_lock(conn, f"stream:{channel}")
             row = conn.execute(
                 select(CHANNELS.c.first_seq, CHANNELS.c.last_seq).where(
                     CHANNELS.c.channel == channel
@@ -239,7 +272,139 @@ class StreamLogRepository:
                 conn.execute(
                     update(CHANNELS).where(CHANNELS.c.channel == channel).values(first_seq=first)
                 )
+                notify(conn, STREAMS, json.dumps({"c": channel, "f": first, "l": row.last_seq}))
         return ChannelHead(first, row.last_seq)
+
+    # -- producer sessions (one live connection per producer, across nodes) -------------------
+
+    def claim_session(
+        self,
+        channel: str,
+        producer: str,
+        *,
+        instance: str | None,
+        session: str,
+        lease: float,
+    ) -> ProducerRecord:
+        """Make ``session`` the producer's live connection; what the server holds for it.
+
+        Refused with ClientIdConflict (4409) if another instance stored messages under the id,
+        or holds a session that has not lapsed (a live producer on any node). A live session of
+        the same instance is replaced: that older connection is fenced (its next append is
+        refused; other nodes are told at once through ``NOTIFY``).
+        """
+        now = utcnow()
+        with store_errors(), self.engine.begin() as conn:
+            xact_lock(conn, f"stream:{channel}")
+            clock = db_now(conn)
+            row = conn.execute(
+                select(
+                    PRODUCERS.c.last_seq,
+                    PRODUCERS.c.instance,
+                    PRODUCERS.c.session,
+                    PRODUCERS.c.session_instance,
+                    PRODUCERS.c.session_until,
+                ).where(PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == producer)
+            ).first()
+            record = ProducerRecord(int(row.last_seq), row.instance) if row else None
+            if record is not None and record.owned_by_another(instance):
+                raise conflict(channel, producer, record)
+            if (
+                row is not None
+                and row.session is not None
+                and row.session != session
+                and row.session_instance != instance
+                and row.session_until is not None
+                and row.session_until > clock
+            ):
+                raise ProducerLive(
+                    f"client id {producer!r} on channel {channel!r} is in use by another live "
+                    "producer",
+                    client_id=producer,
+                )
+            values = {
+                "session": session,
+                "session_instance": instance,
+                "session_until": clock + dt.timedelta(seconds=lease),
+            }
+            if row is None:
+                conn.execute(
+                    PRODUCERS.insert().values(
+                        channel=channel,
+                        client_id=producer,
+                        last_seq=0,
+                        instance=None,
+                        timestamp=now,
+                        **values,
+                    )
+                )
+            else:
+                conn.execute(self._producer_row(conn, channel, producer).values(**values))
+            notify(conn, PRODUCER_NOTES, json.dumps({"c": channel, "p": producer, "s": session}))
+        return record or ProducerRecord(0, None)
+
+    def renew_sessions(
+        self, sessions: Sequence[tuple[str, str, str]], lease: float
+    ) -> list[tuple[str, str, str]]:
+        """Renew the given live sessions (channel, producer, session); returns those lost."""
+        lost = []
+        with store_errors(), self.engine.begin() as conn:
+            until = db_now(conn) + dt.timedelta(seconds=lease)
+            for channel, producer, session in sessions:
+                result = conn.execute(
+                    self._producer_row(conn, channel, producer)
+                    .where(PRODUCERS.c.session == session)
+                    .values(session_until=until)
+                )
+                if result.rowcount != 1:
+                    lost.append((channel, producer, session))
+        return lost
+
+    def release_session(self, channel: str, producer: str, session: str) -> None:
+        """The connection with ``session`` ended: the producer has no live connection now.
+
+        A row that never stored a message (``last_seq`` 0) goes entirely.
+        """
+        with store_errors(), self.engine.begin() as conn:
+            conn.execute(
+                delete(PRODUCERS).where(
+                    PRODUCERS.c.channel == channel,
+                    PRODUCERS.c.client_id == producer,
+                    PRODUCERS.c.session == session,
+                    PRODUCERS.c.last_seq == 0,
+                )
+            )
+            conn.execute(
+                self._producer_row(conn, channel, producer)
+                .where(PRODUCERS.c.session == session)
+                .values(session=None, session_instance=None, session_until=None)
+            )
+
+    def forget_sessions(self) -> None:
+        """No connection is live (one node, starting): drop every session and empty row."""
+        with store_errors(), self.engine.begin() as conn:
+            conn.execute(delete(PRODUCERS).where(PRODUCERS.c.last_seq == 0))
+            conn.execute(
+                update(PRODUCERS)
+                .where(PRODUCERS.c.session.is_not(None))
+                .values(session=None, session_instance=None, session_until=None)
+            )
+
+    def drop_lapsed_sessions(self) -> int:
+        """Forget empty producer rows whose session lapsed (their node died); how many."""
+        with store_errors(), self.engine.begin() as conn:
+            result = conn.execute(
+                delete(PRODUCERS).where(
+                    PRODUCERS.c.last_seq == 0, PRODUCERS.c.session_until < db_now(conn)
+                )
+            )
+            return int(result.rowcount)
+
+    @staticmethod
+    def _producer_row(conn: Connection, channel: str, producer: str) -> Any:
+        return update(PRODUCERS).where(
+            PRODUCERS.c.channel == channel, PRODUCERS.c.client_id == producer
+        )
 
     def channels(self) -> list[str]:
         """Every channel with a log."""

@@ -113,7 +113,14 @@ class Channel:
         return self._changed
 
     def advance(self, head: ChannelHead) -> None:
-        """The log changed: record the new head and wake every pusher."""
-        self.head = head
+        """The log changed: record the new head and wake every pusher.
+
+        Heads only move forward (several nodes: a notification may arrive after a newer
+        head of our own append, or the reverse), so the newer of each end is kept.
+        """
+        merged = ChannelHead(max(self.head.first, head.first), max(self.head.last, head.last))
+        if merged == self.head:
+            return
+        self.head = merged
         event, self._changed = self._changed, asyncio.Event()
         event.set()

@@ -38,6 +38,7 @@ import datetime as dt
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -59,9 +60,11 @@ from resume.metrics import ServerMetrics
 from resume.protocol import frames
 from resume.protocol.frames import CloseCode
 from resume.store import Store
+from resume.store.jobs import RoundGate
 from resume.store.models import utcnow
-from resume.store.stream_log import LoggedMessage, ProducerRecord
+from resume.store.stream_log import LoggedMessage, OwnedByAnother, ProducerLive, ProducerRecord
 from resume.stream.channel import TAIL_MEMORY, Channel, TailBudget
+from resume.stream.cluster import ClusterLink
 from resume.stream.limits import ByteQueue, Quota
 
 log = logging.getLogger("resume.streams")
@@ -73,6 +76,7 @@ READ_AHEAD_BYTES = 2**20  # pub frames read ahead of the appender (then the read
 INCOMING_FRAMES = 4  # frames websockets buffers for one stream connection before pausing reads
 QUOTAS_KEPT = 1024  # producers' quotas kept before the idle (refilled) ones are dropped
 PUSH_FRAME_BYTES = 512 * 1024  # a msgs frame stays near this size (one bigger message alone)
+SESSION_LEASE = 10.0  # seconds a producer's session lasts unless renewed (several nodes)
 
 
 class TokenExpired(Exception):
@@ -86,6 +90,13 @@ class StreamEndpoint:
     ``publish_rate`` / ``publish_bytes``: per producer, messages / bytes per second (None: no
     limit); a producer over its quota is slowed down (its acks come later), never refused.
     ``read_ahead_bytes``: ``pub`` frames read ahead of the appender, per connection.
+
+    Several nodes on one store: ``shared=True`` keeps producer sessions across nodes alive
+    (renewed every third of ``lease`` seconds) and polls the heads of channels served here;
+    ``listen_url`` (PostgreSQL) also wakes subscribers at once when another node appends
+    (:mod:`resume.stream.cluster`); ``gate`` runs the retention rounds once across nodes.
+    With one node (``shared=False``) sessions left by a crashed predecessor are dropped at
+    start.
     """
 
     def __init__(
@@ -101,6 +112,10 @@ class StreamEndpoint:
         publish_rate: float | None = None,
         publish_bytes: float | None = None,
         read_ahead_bytes: int = READ_AHEAD_BYTES,
+        shared: bool = False,
+        lease: float = SESSION_LEASE,
+        listen_url: str | None = None,
+        gate: RoundGate | None = None,
     ) -> None:
         self.log = store.streams
         self.max_message_size = max_message_size
@@ -116,8 +131,16 @@ class StreamEndpoint:
         self.producers: dict[tuple[str, str], StreamConnection] = {}  # the live connection
         self.quotas: dict[str, Quota] = {}  # per namespaced producer id, while not idle
         self.metrics = ServerMetrics()  # build_app puts the app's own here
+        self.lease = lease
+        self.cluster = ClusterLink(self, listen_url, lease) if shared else None
+        if not shared:
+            self.log.forget_sessions()  # one node: no connection of an earlier run is live
         self._expiry = Housekeeping(
-            self.expire_old, age=retention_age, what="trimming stream logs", errors=(StoreError,)
+            self.expire_old,
+            age=retention_age,
+            what="trimming stream logs",
+            errors=(StoreError,),
+            gate=gate,
         )
 
     def authorize(self, principal: Principal, argument: str) -> str | None:
@@ -129,6 +152,8 @@ class StreamEndpoint:
     async def handle(self, connection: ServerConnection, argument: str) -> None:
         """Serve one client connection to channel ``argument`` until it ends."""
         self._expiry.ensure_started()
+        if self.cluster is not None:
+            self.cluster.ensure_started()
         _bound_incoming_frames(connection)
         await StreamConnection(self, connection, argument, principal_of(connection)).run()
 
@@ -178,11 +203,15 @@ class StreamEndpoint:
                 head = await asyncio.to_thread(self.log.trim, name, before=before)
                 if head != channel.head:
                     channel.advance(head)
+        if self.cluster is not None:  # rows of producers whose node died before they published
+            await asyncio.to_thread(self.log.drop_lapsed_sessions)
         self.forget_idle_quotas()
 
     async def close(self) -> None:
         """Stop the retention task (connections are closed by the server)."""
         await self._expiry.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
 
 
 class StreamConnection:
@@ -202,6 +231,7 @@ class StreamConnection:
         self.client_id = ""
         self.producer = ""  # client_id in the principal's namespace
         self.instance: str | None = None
+        self.session: str | None = None  # this connection's producer session in the store
         self.fenced = False
         self._closing: asyncio.Task[None] | None = None
         self.in_flight: deque[list[int]] = deque()  # [first, last] runs pushed, not yet acked
@@ -251,6 +281,13 @@ class StreamConnection:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.endpoint.producers.get((self.name, self.producer)) is self:
                 del self.endpoint.producers[(self.name, self.producer)]
+            if self.session is not None:
+                try:
+                    await asyncio.to_thread(
+                        self.endpoint.log.release_session, self.name, self.producer, self.session
+                    )
+                except StoreError as exc:
+                    log.warning("cannot end producer session on %s: %s", self.name, exc)
             if channel is not None:
                 self.endpoint.release(channel)
 
@@ -341,29 +378,50 @@ class StreamConnection:
         """Become the live connection of this producer; the highest client seq stored for it.
 
         Refused (ClientIdConflict) if another instance owns the id, in the store or on a live
-        connection; a live connection of the same instance is fenced. Under the channel's lock,
-        so no append of this producer is half done while we read what it stored.
+        connection on any node; a live connection of the same instance is fenced (on another
+        node through the session in the store). Under the channel's lock, so no append of this
+        producer is half done while we read what it stored.
+
+        A connection that may not publish only reads what is stored: it claims nothing.
         """
         endpoint = self.endpoint
         key = (self.name, self.producer)
         async with channel.lock:
-            record = await asyncio.to_thread(endpoint.log.producer, self.name, self.producer)
             holder = endpoint.producers.get(key)
-            if record is not None and record.owned_by_another(self.instance):
-                raise ClientIdConflict(
-                    f"client id {self.client_id!r} belongs to another producer instance "
-                    f"(the server holds its messages up to seq {record.last_seq})",
-                    client_id=self.client_id,
-                )
             if holder is not None and holder.instance != self.instance:
                 raise ClientIdConflict(
                     f"client id {self.client_id!r} is in use by another live producer",
                     client_id=self.client_id,
                 )
+            if not self.principal.may_publish(self.name):
+                record = await asyncio.to_thread(endpoint.log.producer, self.name, self.producer)
+                return (record or ProducerRecord(0, None)).last_seq
+            session = uuid.uuid4().hex
+            try:
+                record = await asyncio.to_thread(
+                    endpoint.log.claim_session,
+                    self.name,
+                    self.producer,
+                    instance=self.instance,
+                    session=session,
+                    lease=endpoint.lease,
+                )
+            except ProducerLive:
+                raise ClientIdConflict(
+                    f"client id {self.client_id!r} is in use by another live producer",
+                    client_id=self.client_id,
+                ) from None
+            except OwnedByAnother as exc:
+                raise ClientIdConflict(
+                    f"client id {self.client_id!r} belongs to another producer instance "
+                    f"(the server holds its messages up to seq {exc.held})",
+                    client_id=self.client_id,
+                ) from None
+            self.session = session
             if holder is not None:
                 holder.fence()
             endpoint.producers[key] = self
-        return (record or ProducerRecord(0, None)).last_seq
+        return record.last_seq
 
     def fence(self) -> None:
         """A newer connection of this producer took over: store nothing more, close 4410."""
@@ -423,6 +481,8 @@ class StreamConnection:
                     texts,
                     instance=self.instance,
                     keep=endpoint.retention_count,
+                    session=self.session,
+                    lease=endpoint.lease if endpoint.cluster is not None else None,
                 )
             endpoint.metrics.stream_appended.inc(appended.count)
             if appended.count:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,7 +31,7 @@ from resume.protocol.geometry import Geometry
 from resume.protocol.receive import Phase, Reception, Recovery, SyncBatch, recovery
 from resume.protocol.upload import Begin, ErrorCode
 from resume.store.models import ReceiveState
-from resume.store.received import HttpRecord, NameTaken, ReceivedRecord, StoredChunk
+from resume.store.received import HttpRecord, LeaseHeld, NameTaken, ReceivedRecord, StoredChunk
 from resume.transfer.partial import PartialFile
 from resume.transfer.root import DestinationRefused
 
@@ -115,6 +116,8 @@ class Upload:
         self.hashed_sums: dict[int, str] = {}
         self.hasher_valid = True
         self.appender: object | None = None  # uploads over HTTP: where the byte stream stands
+        # the last sign of its client (when to stop renewing its lease: transfer/leases.py)
+        self.active_at = time.monotonic()
         self._flusher: asyncio.Task[None] | None = None
         self.ready = asyncio.ensure_future(self._load(prelude))
 
@@ -123,7 +126,11 @@ class Upload:
     async def _load(self, prelude: Callable[[], Awaitable[object]] | None) -> None:
         if prelude is not None:
             await prelude()
-        repo = self.endpoint.repo
+        repo, lease = self.endpoint.repo, self.endpoint.lease
+        if lease is not None:  # several nodes: let another node's live lease end first
+            from resume.transfer.leases import wait_for_lease
+
+            await wait_for_lease(repo, self.file_id, self.endpoint.node_id, lease)
         record = await asyncio.to_thread(repo.get, self.file_id)
         if record is None:
             return
@@ -281,14 +288,17 @@ class Upload:
         *,
         claim_name: bool = True,
         http: dict[str, object] | None = None,
-    ) -> ReceivedRecord | NameTaken:
+    ) -> ReceivedRecord | NameTaken | LeaseHeld:
         """Record ``owner``, which already took the file in memory, in the store.
 
         Claims run one at a time, in the order the owners took the file, so the store's epoch
         ends at the newest owner's. An owner taken over meanwhile gets its record but no fence.
-        Without ``begin`` (uploads over HTTP) the file's machine says what to record.
+        Without ``begin`` (uploads over HTTP) the file's machine says what to record. With
+        several nodes, another node may have taken the file since it was loaded: then the
+        claim returns :class:`LeaseHeld`, or a record that is no longer receiving.
         """
         reception = self.require()
+        self.active_at = time.monotonic()
         async with self.claiming:
             result = await asyncio.to_thread(
                 self.endpoint.repo.claim,
@@ -300,13 +310,25 @@ class Upload:
                 overwrite=begin.overwrite if begin is not None else reception.overwrite,
                 claim_name=claim_name,
                 http=http,
+                lease=self.endpoint.lease,
+                shared=self.endpoint.lease is not None,
             )
-            if isinstance(result, ReceivedRecord):
+            if isinstance(result, ReceivedRecord) and result.state is ReceiveState.RECEIVING:
                 self.record = result
                 if self.owner is owner:
                     self.fence = result.epoch
                     self.failure = None
             return result
+
+    async def release_lease(self) -> None:
+        """No connection of this node owns the file now: end its lease (several nodes)."""
+        if self.endpoint.lease is not None and self.fence >= 0 and self.owner is None:
+            with contextlib.suppress(StoreError):
+                await asyncio.to_thread(self.endpoint.repo.release, self.file_id, self.fence)
+
+    async def lost_elsewhere(self, exc: Fenced) -> None:
+        """Another node took the file over (found by a lease renewal): fence our owner."""
+        await self._sync_failed(exc)
 
     def start_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -325,6 +347,7 @@ class Upload:
 
     def store_chunk(self, index: int, offset: int, checksum: str, payload: Any) -> bool:
         """Verify and write one chunk (in a worker thread); False if its checksum is wrong."""
+        self.active_at = time.monotonic()
         if xxhash.xxh3_64_hexdigest(payload) != checksum:
             return False
         self.partial.write(offset, payload)
@@ -399,7 +422,9 @@ class Upload:
         ]
         offset = max(reception.geometry.contiguous_offset(held), reception.extent, batch.end or 0)
         with metrics.commit_seconds.labels("upload").time():
-            self.endpoint.repo.record_chunks(self.file_id, self.fence, stored, offset)
+            self.endpoint.repo.record_chunks(
+                self.file_id, self.fence, stored, offset, lease=self.endpoint.lease
+            )
         crash_point("chunk.recorded")
 
     async def _sync_failed(self, exc: BaseException) -> None:

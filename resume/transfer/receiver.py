@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +55,11 @@ from resume.protocol.upload import (
     remote_name_problem,
 )
 from resume.store import Store
-from resume.store.models import utcnow
-from resume.store.received import NameTaken
+from resume.store.jobs import RoundGate
+from resume.store.models import ReceiveState, utcnow
+from resume.store.received import LeaseHeld, NameTaken, ReceivedRecord
 from resume.transfer.incoming import Refused, Upload, storage_refusal
+from resume.transfer.leases import LeaseBusy, LeaseKeeper, node_name
 from resume.transfer.root import ServerRoot
 
 log = logging.getLogger("resume.receiver")
@@ -91,7 +92,12 @@ class UploadEndpoint:
         max_chunk_size: int = 64 * 2**20,
         expire: float | None = 7 * 86400,
         limits: UploadLimits | None = None,
+        lease: float | None = None,
+        gate: RoundGate | None = None,
     ) -> None:
+        """``lease``: with several nodes on one store, seconds an owner's lease lasts unless
+        renewed (:mod:`resume.transfer.leases`); None for one node. ``gate`` runs each
+        housekeeping round once across the nodes."""
         self.repo = store.received
         self.root = ServerRoot(root)  # type: ignore[arg-type]
         self.root.prepare()
@@ -100,7 +106,9 @@ class UploadEndpoint:
         self.max_message_size = max_chunk_size + HEADER_SIZE
         self.expire = expire
         self.limits = limits or UploadLimits()
-        self.node_id = uuid.uuid4().hex[:16]
+        self.node_id = node_name()
+        self.lease = lease
+        self.leases = LeaseKeeper(self, lease) if lease is not None else None
         self.uploads: dict[str, Upload] = {}  # file id -> the one live object for it
         self.names: dict[str, str] = {}  # name -> file id, for files not yet recorded
         self.connections: set[Connection] = set()
@@ -111,11 +119,15 @@ class UploadEndpoint:
             age=expire,
             what="expiring idle partial uploads",
             errors=(OSError, StoreError),
+            gate=gate,
         )
 
     def start_housekeeping(self) -> None:
-        """Start expiring idle partial uploads (idempotent; needs a running loop)."""
+        """Start expiring idle partial uploads, and renewing leases with several nodes
+        (idempotent; needs a running loop)."""
         self._expiry.ensure_started()
+        if self.leases is not None:
+            self.leases.ensure_started()
 
     async def handle(self, connection: ServerConnection, argument: str) -> None:
         """Serve one client connection until it ends."""
@@ -130,6 +142,8 @@ class UploadEndpoint:
     async def close(self) -> None:
         """Stop the expiry task and every file's background work."""
         await self._expiry.stop()
+        if self.leases is not None:
+            await self.leases.stop()
         for upload in list(self.uploads.values()):
             await upload.stop()
         self.uploads.clear()
@@ -213,8 +227,9 @@ class UploadEndpoint:
                 continue  # in use right now: not idle
 
             async def drop(file_id: str = record.file_id) -> None:
-                await asyncio.to_thread(self.root.partial_path(file_id).unlink, missing_ok=True)
-                await asyncio.to_thread(self.repo.delete, file_id)
+                # Only if still idle: a node may have claimed it since (several nodes).
+                if await asyncio.to_thread(self.repo.delete_if_idle, file_id, before):
+                    await asyncio.to_thread(self.root.partial_path(file_id).unlink, missing_ok=True)
 
             # Registered before the first await: a begin for this file waits for the drop.
             upload = self.uploads[record.file_id] = Upload(self, record.file_id, prelude=drop)
@@ -445,6 +460,13 @@ class Connection:
             previous.lose(upload, "taken over by a newer connection")
         self.own(upload, epoch, remaining)
         claimed = await upload.claim(self, begin)
+        if isinstance(claimed, LeaseHeld) or (
+            isinstance(claimed, ReceivedRecord) and claimed.state is not ReceiveState.RECEIVING
+        ):  # another node took or finished it since we loaded it: start over (several nodes)
+            raise LeaseBusy(
+                f"file {begin.file_id} changed hands between server nodes; try again",
+                close_code=CloseCode.TRY_AGAIN_LATER,
+            )
         if isinstance(claimed, NameTaken):
             self.disown(begin.file_id)
             upload.owner = None
@@ -738,6 +760,7 @@ class Connection:
                     await upload.drain()
                 if upload.owner is None:
                     upload.partial.close()
+            await upload.release_lease()
         finally:
             await self.endpoint.release(upload)
 

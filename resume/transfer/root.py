@@ -71,9 +71,13 @@ class ServerRoot:
             try:
                 st = os.lstat(directory)
             except FileNotFoundError:
-                os.mkdir(directory, 0o700)
-                self._fsync_path(directory.parent)
-                continue
+                try:
+                    os.mkdir(directory, 0o700)
+                except FileExistsError:  # another node on this root made it meanwhile
+                    st = os.lstat(directory)
+                else:
+                    self._fsync_path(directory.parent)
+                    continue
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(
                     errno.ENOTDIR, f"{directory} is not a directory (a symlink?)"

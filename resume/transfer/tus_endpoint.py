@@ -36,12 +36,15 @@ from resume.auth import Principal
 from resume.crashpoints import crash_point
 from resume.errors import Fenced, StoreError
 from resume.protocol import tus_server as tus
+from resume.protocol.frames import CloseCode
 from resume.protocol.geometry import Geometry, GeometryError
 from resume.protocol.receive import FinishOutcome, Phase, destination_problem
 from resume.protocol.tus_server import Append, Creation, Dialect, Reply, Settings, UploadView
 from resume.protocol.upload import ErrorCode, remote_name_problem
-from resume.store.received import NameTaken
+from resume.store.models import ReceiveState
+from resume.store.received import LeaseHeld, NameTaken, ReceivedRecord
 from resume.transfer.incoming import Refused, Upload, storage_refusal
+from resume.transfer.leases import LeaseBusy
 from resume.transfer.receiver import UploadEndpoint
 
 log = logging.getLogger("resume.tus")
@@ -168,6 +171,8 @@ class TusEndpoint:
             log.error("storage failure serving %s %s: %s", method, request.path, exc)
             refusal = storage_refusal(exc, "this upload")
             reply = _refusal_reply(refusal, dialect)
+        except LeaseBusy as exc:  # several nodes: another one holds it for now
+            reply = tus.problem(503, "", str(exc), dialect).with_headers(("Retry-After", "1"))
         except BodyTimeout as exc:
             reply = tus.problem(408, "", f"{exc}; what arrived is kept", dialect).with_headers(
                 ("Connection", "close")
@@ -575,10 +580,17 @@ class TusEndpoint:
         previous, upload.owner = upload.owner, owner
         if previous is not None and previous is not owner:
             previous.lose(upload, "taken over by a newer request")
-        if upload.fence < 0 or upload.failure is not None:
-            # Claimed in the store once per loaded upload: later requests on this node fence
-            # each other in memory (the epoch above); another node's claim fences us there.
-            await upload.claim(owner, claim_name=False)
+        if upload.fence < 0 or upload.failure is not None or self.uploads.lease is not None:
+            # One node: claimed in the store once per loaded upload; later requests fence each
+            # other in memory (the epoch above). Several nodes: every request takes the lease.
+            claimed = await upload.claim(owner, claim_name=False)
+            if isinstance(claimed, LeaseHeld) or (
+                isinstance(claimed, ReceivedRecord) and claimed.state is not ReceiveState.RECEIVING
+            ):
+                raise LeaseBusy(
+                    f"upload {upload.wire_id} changed hands between server nodes; try again",
+                    close_code=CloseCode.TRY_AGAIN_LATER,
+                )
         async with upload.io:  # a crash between the claim and the partial's creation
             created = await asyncio.to_thread(upload.partial.create)
         if created and reception.offset:  # the store listed bytes of a vanished partial
@@ -1046,6 +1058,7 @@ class TusEndpoint:
                     await upload.drain()
                 if upload.owner is None:
                     upload.partial.close()
+            await upload.release_lease()  # several nodes: another may take it now
 
 
 async def _stream_file(
