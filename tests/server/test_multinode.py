@@ -229,9 +229,7 @@ def test_soak_uploads_and_streams_through_many_kills(tmp_path: Path, pg_url: str
     children: list[Child] = []
     with running(tmp_path / "u", pg_url, 3, lease="2s", rate=8 * MiB) as cluster, reaped(children):
         for source in sources:
-            children.append(
-                start_upload(cluster, source, tmp_path / f"{source.stem}.db", transport)
-            )
+            children.append(start_upload(cluster, source, tmp_path / f"{source.stem}.db"))
         waits = [
             kill_owner_at(cluster, name, fraction, size)
             for name, fraction in (("a.bin", 0.2), ("b.bin", 0.4), ("a.bin", 0.6), ("b.bin", 0.8))
