@@ -28,7 +28,15 @@ import xxhash
 from resume.crashpoints import crash_point
 from resume.errors import Fenced, StoreError, StoreFull
 from resume.protocol.geometry import Geometry
-from resume.protocol.receive import Phase, Reception, Recovery, SyncBatch, recovery
+from resume.protocol.receive import (
+    FinishOutcome,
+    FinishVerdict,
+    Phase,
+    Reception,
+    Recovery,
+    SyncBatch,
+    recovery,
+)
 from resume.protocol.upload import Begin, ErrorCode
 from resume.store.models import ReceiveState
 from resume.store.received import HttpRecord, LeaseHeld, NameTaken, ReceivedRecord, StoredChunk
@@ -194,6 +202,16 @@ class Upload:
             if action is Recovery.COMPLETE_UNLINK:
                 await asyncio.to_thread(root.unlink_partial_link, self.partial.path)
             await self.record_complete()
+
+    async def finish(self, epoch: int, checksum: str | None) -> FinishVerdict:
+        """Ask the machine to finish, making written chunks durable first as often as it
+        says so (the caller holds ``io``); raises :class:`Refused` if a sync fails."""
+        reception = self.require()
+        while True:
+            verdict = reception.finish(epoch, checksum)
+            if verdict.outcome is not FinishOutcome.SYNC_FIRST:
+                return verdict
+            await self.drain()
 
     async def publish(self, check: Callable[[], str | None] | None = None) -> None:
         """Verify the whole file, record the intent, put it under its name, record that.

@@ -592,14 +592,10 @@ class Connection:
         reception = upload.require()
         name = reception.name
         async with upload.io:
-            while True:
-                verdict = reception.finish(epoch, checksum)
-                if verdict.outcome is not FinishOutcome.SYNC_FIRST:
-                    break
-                try:
-                    await upload.drain()
-                except Refused as refusal:
-                    raise _with_file(refusal, file_id) from None
+            try:
+                verdict = await upload.finish(epoch, checksum)
+            except Refused as refusal:
+                raise _with_file(refusal, file_id) from None
             if verdict.outcome is FinishOutcome.FENCED:
                 raise ProtocolError(
                     f"file {file_id} is no longer yours to finish",

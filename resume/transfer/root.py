@@ -117,17 +117,10 @@ class ServerRoot:
 
     def checksum(self, name: str) -> str | None:
         """xxh3-128 of the regular file at ``name``; None if there is none."""
-        *parents, leaf = name.split("/")
-        try:
-            with self._walk(parents, create=False) as directory:
-                if directory is None:
-                    return None
-                fd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
-        except (DestinationRefused, OSError):
+        fd = self.open_read(name)
+        if fd is None:
             return None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
             return hash_fd(fd)
         finally:
             os.close(fd)

@@ -800,14 +800,10 @@ class TusEndpoint:
         else:
             upload.hasher_valid = False
         async with upload.io:
-            while True:
-                verdict = reception.finish(epoch, None)
-                if verdict.outcome is not FinishOutcome.SYNC_FIRST:
-                    break
-                try:
-                    await upload.drain()
-                except Refused as refusal:
-                    return _refusal_reply(refusal, dialect)
+            try:
+                verdict = await upload.finish(epoch, None)
+            except Refused as refusal:
+                return _refusal_reply(refusal, dialect)
             if verdict.outcome is FinishOutcome.FENCED:
                 return tus.mismatch_reply(reception.offset, reception.offset, dialect)
             if verdict.outcome is FinishOutcome.INCOMPLETE:
