@@ -81,7 +81,7 @@ class ChunkHeader:
     offset: int
     checksum: str  # xxh3-64, 16 hex digits
 
-    def pack(self, into: bytearray | None = None) -> bytes | None:
+    def pack(self, into: bytearray | memoryview | None = None) -> bytes | None:
         """The header bytes; or, with ``into``, written at the start of that buffer."""
         values = (
             FRAME_CHUNK,

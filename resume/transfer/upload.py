@@ -559,6 +559,9 @@ class Uploader:
         file_id = state.record.file_id
         link.watch(file_id, on_ack, on_nack)
         self._in_chunks = True
+        # Frames are read into these and reused: websockets has copied (masked) a frame by the
+        # time send() returns, so a batch's buffers are free for the next batch.
+        buffers: list[bytearray] = []
         try:
             async with self._source(state) as source:
                 while queue or in_flight:
@@ -572,7 +575,7 @@ class Uploader:
                             index = queue.popleft()
                             if ledger.state(index) is ChunkState.PENDING:
                                 batch.append(index)
-                        await self._send_batch(link, state, source, batch, in_flight)
+                        await self._send_batch(link, state, source, batch, in_flight, buffers)
                     else:
                         await link.wait_progress(file_id, options.ack_timeout)
         finally:
@@ -586,22 +589,25 @@ class Uploader:
         source: ChunkSource,
         indexes: list[int],
         in_flight: set[int],
+        buffers: list[bytearray],
     ) -> None:
         """Read a few chunks, record them PREPARED in one transaction, then send them."""
         ledger = state.ledger
-        frames_out: list[tuple[bytearray, int]] = []
+        frames_out: list[tuple[memoryview, int]] = []
         prepared: list[ChunkRecord] = []
-        for index in indexes:
+        for slot, index in enumerate(indexes):
             spec = ledger.spec(index)
-            buffer = await source.read(spec, prefix=HEADER_SIZE)
-            payload = memoryview(buffer)[HEADER_SIZE:]
+            if slot == len(buffers):
+                buffers.append(bytearray(HEADER_SIZE + ledger.spec(0).length))  # a whole chunk
+            frame = memoryview(buffers[slot])[: HEADER_SIZE + spec.length]
+            payload = await source.read_into(spec, frame[HEADER_SIZE:])
             checksum = chunk_checksum(payload)
             if index == state.hashed:  # feed the whole-file hash while reading in order
                 state.hasher.update(payload)
                 state.hashed += 1
-            ChunkHeader(state.record.file_id, index, spec.offset, checksum).pack(into=buffer)
+            ChunkHeader(state.record.file_id, index, spec.offset, checksum).pack(into=frame)
             prepared.append(ledger.prepare(index, checksum))
-            frames_out.append((buffer, spec.length))
+            frames_out.append((frame, spec.length))
         # Phase one: durable before a single byte of these chunks leaves this machine.
         self.repo.prepare_chunks(state.record.file_id, ledger, prepared)
         # In flight from now on: the ack of the first may arrive while the last is being sent.
