@@ -99,18 +99,6 @@ async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, at most ``limit`` bytes (more raises :class:`ValueError`)."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in body_chunks(receive):
-        size += len(chunk)
-        if size > limit:
-            raise ValueError(f"request body over {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 async def respond(
     send: Send,
     status: int,
@@ -136,6 +124,5 @@ __all__ = [
     "Disconnected",
     "HttpRequest",
     "body_chunks",
-    "read_body",
     "respond",
 ]

@@ -138,7 +138,7 @@ def decode_metadata(header: str) -> dict[str, str]:
 
 def checksum_header(algorithm: str, data: bytes | bytearray | memoryview) -> str:
     """``Upload-Checksum`` for ``data``: ``<algorithm> <base64 digest>``."""
-    return f"{algorithm} {base64.b64encode(digest(algorithm, data)).decode('ascii')}"
+    return checksum_header_of(algorithm, [data])
 
 
 def new_hasher(algorithm: str) -> Any:

@@ -338,6 +338,22 @@ class Upload:
                     self.failure = None
             return result
 
+    async def cancel(self, by: Owner | None = None) -> bool:
+        """Cancel a receiving file: fence its owner (``lose``, unless it is ``by``, the one
+        asking), record the cancellation, remove the data. True if ``by`` owned it."""
+        reception = self.require()
+        async with self.io:
+            with contextlib.suppress(Refused):
+                await self.drain()
+            owner, self.owner = self.owner, None
+            reception.cancel()
+            if owner is not None and owner is not by:
+                owner.lose(self, "cancelled")
+            await asyncio.to_thread(self.endpoint.repo.cancel, self.file_id)
+            crash_point("cancel.recorded")
+            await asyncio.to_thread(self.partial.remove)
+        return by is not None and owner is by
+
     async def release_lease(self) -> None:
         """No connection of this node owns the file now: end its lease (several nodes)."""
         if self.endpoint.lease is not None and self.fence >= 0 and self.owner is None:

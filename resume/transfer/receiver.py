@@ -636,19 +636,8 @@ class Connection:
                 await upload.settled.wait()
             reception = upload.reception
             if reception is not None and reception.phase is Phase.RECEIVING:
-                async with upload.io:
-                    with contextlib.suppress(Refused):
-                        await upload.drain()
-                    owner = upload.owner
-                    reception.cancel()
-                    upload.owner = None
-                    if owner is self:
-                        self.disown(file_id)
-                    elif owner is not None:
-                        owner.lose(upload, "cancelled")
-                    await asyncio.to_thread(endpoint.repo.cancel, upload.file_id)
-                    crash_point("cancel.recorded")
-                    await asyncio.to_thread(upload.partial.remove)
+                if await upload.cancel(by=self):
+                    self.disown(file_id)
                 log.info("cancelled %s (%s) for %s", reception.name, file_id, self.peer)
         finally:
             await endpoint.release(upload)

@@ -71,13 +71,12 @@ class RequestOwner:
     def __init__(self, peer: str) -> None:
         self.peer = peer
         self.fenced: str | None = None
-        self.failure: Refused | None = None
 
     async def send(self, message: dict[str, Any]) -> None:
         """Acks are not sent one by one: the response carries the durable offset."""
 
     async def refuse(self, refusal: Refused, file_id: str | None = None) -> None:
-        self.failure = refusal
+        """The request learns it from ``upload.drain()``, which raises the upload's failure."""
 
     async def close_after(self, refusal: Refused) -> None:
         """The response will say it."""
@@ -460,16 +459,7 @@ class TusEndpoint:
                     "it is not deleted through its upload URL",
                     dialect,
                 )
-            async with upload.io:
-                with contextlib.suppress(Refused):
-                    await upload.drain()
-                owner = upload.owner
-                reception.cancel()
-                upload.owner = None
-                if owner is not None:
-                    owner.lose(upload, "cancelled")
-                await asyncio.to_thread(endpoint.repo.cancel, upload.file_id)
-                await asyncio.to_thread(upload.partial.remove)
+            await upload.cancel()
             endpoint.names.pop(reception.name, None)
             log.info("cancelled %s (%s) over HTTP", reception.name, url_id)
             return Reply(204, tus.base_headers(dialect))
