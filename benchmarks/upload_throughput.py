@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/upload_throughput.py [--sizes 512MiB,4GiB] [--runs 5] [--json]
 
 Every peer is a real separate process on 127.0.0.1, with a fresh server directory per run
-(the server is started and listening before the client's clock starts):
+(the server is started and listening before the client's clock starts). The resume client's
+state database is made once, before the rounds, at the newest schema (as a user's is after
+the first run):
 
 - resume:      `resume upload FILE ws://...` to `resume serve` (chunk ledger, xxh3 per chunk
                and per file, group fsync, verify and rename).
@@ -24,9 +26,9 @@ and server (from wait4's rusage, exact per process). A size whose files do not f
 disk (df) is skipped with a message. Then, for the first size: resume's client RSS for a
 second, small file (it must not grow with the file); after SIGKILLing
 an upload half way, how long the same command takes to get the next chunk durably stored;
-and start-up: the wall time of `resume upload` of a 1 KiB file to a server already
-listening, with a state database already at the newest schema (median of --startup-runs),
-next to the raw client doing the same.
+and start-up: the wall time of `resume upload` of a 1 KiB file (over WebSocket and over
+HTTP) to a server already listening, with a state database already at the newest schema
+(median of --startup-runs), next to the raw client doing the same.
 
 The package's bytecode is compiled first (``compileall``): an installed wheel has it, and an
 environment with PYTHONDONTWRITEBYTECODE would otherwise compile `resume` on every start.
@@ -182,9 +184,20 @@ def resume_bin() -> list[str]:
     return [PYTHON, "-m", "resume"]
 
 
+def client_store(scratch: Path) -> Path:
+    """The client's state database, made once and at the newest schema: as a user's is after
+    the first run (creating it, Alembic and all, is a one-time cost not counted here; the
+    start-up check below measures the same way)."""
+    db = scratch / "client-store.db"
+    if not db.exists():
+        code = "import sys; from resume.store import open_store; open_store(sys.argv[1]).close()"
+        subprocess.run([PYTHON, "-c", code, str(db)], check=True, env=env())
+    return db
+
+
 def bench_resume(data: Path, work: Path, chunk: str, window: int, http: bool = False) -> Run:
     """`resume upload` over WebSocket (or over HTTP, tus) to a listening `resume serve`."""
-    root, db = work / "srv", work / "client.db"
+    root, db = work / "srv", client_store(work.parent)
     server = Peer([*resume_bin(), "serve", "--root", str(root), "--port", "0"])
     url = server.url.replace("ws://", "http://", 1) + "/files/" if http else server.url
     try:
@@ -252,7 +265,8 @@ def bench_startup(work: Path, runs: int) -> dict[str, float]:
     db = work / "startup.db"
     server = Peer([*resume_bin(), "serve", "--root", str(work / "srv"), "--port", "0"])
     raw = Peer([PYTHON, str(HERE / "raw_ws.py"), "server", str(work / "raw")])
-    resume_times, raw_times = [], []
+    resume_times, http_times, raw_times = [], [], []
+    files = server.url.replace("ws://", "http://", 1) + "/files/"
     try:  # the first upload creates and migrates the store: not counted
         run_child([*resume_bin(), "upload", str(small), server.url, "--db", str(db), "--name", "w"])
         for i in range(runs):
@@ -260,6 +274,12 @@ def bench_startup(work: Path, runs: int) -> dict[str, float]:
                 run_child(
                     [*resume_bin(), "upload", str(small), server.url, "--db", str(db),
                      "--name", f"s{i}.bin"]
+                )[0]
+            )  # fmt: skip
+            http_times.append(
+                run_child(
+                    [*resume_bin(), "upload", str(small), files, "--db", str(db),
+                     "--name", f"h{i}.bin"]
                 )[0]
             )  # fmt: skip
             raw_times.append(
@@ -270,6 +290,7 @@ def bench_startup(work: Path, runs: int) -> dict[str, float]:
         raw.stop()
     return {
         "resume_upload_1kib_s": statistics.median(resume_times),
+        "resume_http_upload_1kib_s": statistics.median(http_times),
         "raw_client_1kib_s": statistics.median(raw_times),
     }
 
@@ -569,6 +590,7 @@ def report(results: dict, small: int) -> None:  # type: ignore[type-arg]
     st = results["startup"]
     print(
         f"start-up: `resume upload` of 1 KiB to a listening server {st['resume_upload_1kib_s']:.3f}s "
+        f"over WebSocket, {st['resume_http_upload_1kib_s']:.3f}s over HTTP "
         f"(raw client: {st['raw_client_1kib_s']:.3f}s), median"
     )
     if "resume_after_kill" in results:

@@ -34,6 +34,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from resume.asgi import CLIENT_CERTIFICATE, Receive, Scope, Send
+from resume.direct_body import BODY_READER, BodyReader
 from resume.tls import has_client_certificate
 
 log = logging.getLogger("resume.server")
@@ -62,19 +63,25 @@ async def _never_listen() -> asyncio.Server:  # pragma: no cover - never called
 
 
 class _HttpProtocol(H11Protocol):
-    """uvicorn's h11 protocol, telling the app whether the TLS peer presented a certificate
-    (ASGI scopes carry no TLS details; ``--client-ca`` needs to know)."""
+    """uvicorn's h11 protocol with two scope extensions: whether the TLS peer presented a
+    certificate (ASGI scopes carry no TLS details; ``--client-ca`` needs to know), and a
+    :class:`~resume.direct_body.BodyReader` that reads the request body straight into the
+    app's buffers."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if has_client_certificate(transport):
-            app = self.app
+        app = self.app
+        certificate = has_client_certificate(transport)
 
-            async def with_certificate(scope: Scope, receive: Receive, send: Send) -> None:
-                scope.setdefault("extensions", {})[CLIENT_CERTIFICATE] = True
-                await app(scope, receive, send)  # type: ignore[arg-type]
+        async def with_extensions(scope: Scope, receive: Receive, send: Send) -> None:
+            extensions = scope.setdefault("extensions", {})
+            if certificate:
+                extensions[CLIENT_CERTIFICATE] = True
+            if scope["type"] == "http":
+                extensions[BODY_READER] = BodyReader(receive, self)
+            await app(scope, receive, send)  # type: ignore[arg-type]
 
-            self.app = with_certificate  # type: ignore[assignment]
+        self.app = with_extensions  # type: ignore[assignment]
 
 
 class WebSocketHandoff:

@@ -39,6 +39,7 @@ from websockets.http11 import Request, Response
 from resume import tls
 from resume.asgi import HttpRequest, Receive, Scope, Send, respond
 from resume.auth import EVERYONE, Authenticator, Principal, Unauthorized
+from resume.direct_body import BodyReader, body_reader
 from resume.errors import UsageError
 from resume.listener import Listener, WebSocketHandoff
 from resume.logs import peer
@@ -131,7 +132,7 @@ class HttpEndpoint(Protocol):
     """What serves plain HTTP requests under one path prefix (the tus endpoint)."""
 
     async def serve_http(
-        self, request: HttpRequest, principal: Principal, receive: Receive, send: Send
+        self, request: HttpRequest, principal: Principal, body: BodyReader, send: Send
     ) -> None:
         """Answer one request whose path starts with the endpoint's prefix."""
 
@@ -321,7 +322,8 @@ class ResumeApp:
         if OpsRoutes.owns(request.path):
             await _send_reply(send, await self.ops.answer(request.method, request.path, {}))
         elif http_endpoint is not None:
-            await http_endpoint.serve_http(request, principal or EVERYONE, receive, send)
+            body = body_reader(scope, receive)
+            await http_endpoint.serve_http(request, principal or EVERYONE, body, send)
         elif self.route(request.path) is not None:
             await respond(
                 send,

@@ -99,7 +99,7 @@ class HttpClient:
         verify: bool | ssl.SSLContext = True,
         use_env_proxy: bool = False,
     ) -> None:
-        self._client = httpx.AsyncClient(
+        settings = dict(
             headers={"User-Agent": f"resume/{__version__}", **(headers or {})},
             timeout=httpx.Timeout(
                 connect=connect_timeout,
@@ -110,8 +110,21 @@ class HttpClient:
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             follow_redirects=False,
             trust_env=use_env_proxy,  # the environment (proxies, SSL_CERT_FILE) only when asked
-            verify=verify,
         )
+        self._settings = settings
+        self._verify = verify
+        # httpx builds its TLS context (the whole CA bundle: ~50 ms) when a client is made.
+        # Plain http:// requests without a proxy never use it, so they get a client without
+        # one; the verifying client is made on the first request that could need TLS.
+        self._plain = None if use_env_proxy else httpx.AsyncClient(**settings, verify=False)  # type: ignore[arg-type]
+        self._tls: httpx.AsyncClient | None = None
+
+    def _client_for(self, url: str) -> httpx.AsyncClient:
+        if self._plain is not None and url[:7].lower() == "http://":
+            return self._plain
+        if self._tls is None:
+            self._tls = httpx.AsyncClient(**self._settings, verify=self._verify)  # type: ignore[arg-type]
+        return self._tls
 
     async def request(
         self,
@@ -124,7 +137,8 @@ class HttpClient:
         """Send one request and read the whole response (``content``: the body, or its pieces
         as they are produced, with the ``Content-Length`` given in ``headers``)."""
         try:
-            return await self._client.request(method, url, headers=headers, content=content)
+            client = self._client_for(url)
+            return await client.request(method, url, headers=headers, content=content)
         except httpx.HTTPError as exc:
             error = translate(exc)
             if error is None:
@@ -132,7 +146,9 @@ class HttpClient:
             raise error from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in (self._plain, self._tls):
+            if client is not None:
+                await client.aclose()
 
     async def __aenter__(self) -> HttpClient:
         return self

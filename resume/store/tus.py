@@ -1,7 +1,9 @@
 """Persistence of the partial uploads a ``--parallel`` tus transfer is cut into (client side).
 
 A transfer's own upload URL lives in ``transfers.upload_url``; its chunks in ``chunks``, like
-every transfer's.
+every transfer's. Statements are portable SQL through :mod:`resume.store.sql` (for a SQLite
+file: the standard library's ``sqlite3``), so ``resume upload`` to a tus server does not import
+SQLAlchemy either; the table is ``tus_parts`` of :mod:`resume.store.models`.
 """
 
 from __future__ import annotations
@@ -9,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, select, update
-
-from resume.store.errors import store_errors
-from resume.store.models import TusPart, utcnow
+from resume.store.sql import Database
+from resume.store.states import utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,27 +28,31 @@ class PartRecord:
 class TusPartRepository:
     """Reads and writes ``tus_parts``; every method is one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def parts(self, file_id: str) -> list[PartRecord]:
         """The parts of a transfer in order; empty for a transfer sent as one upload."""
-        query = (
-            select(TusPart.part, TusPart.first_chunk, TusPart.end_chunk, TusPart.url)
-            .where(TusPart.file_id == file_id)
-            .order_by(TusPart.part)
-        )
-        with store_errors(), self.engine.begin() as conn:
-            return [PartRecord(*row) for row in conn.execute(query)]
+        with self.db.transaction() as tx:
+            rows = tx.rows(
+                "SELECT part, first_chunk, end_chunk, url FROM tus_parts "
+                "WHERE file_id = :file_id ORDER BY part",
+                {"file_id": file_id},
+            )
+        return [
+            PartRecord(row["part"], row["first_chunk"], row["end_chunk"], row["url"])
+            for row in rows
+        ]
 
     def replace(self, file_id: str, parts: Sequence[PartRecord]) -> None:
         """Set the layout of a transfer's parts (dropping any earlier one)."""
         now = utcnow()
-        with store_errors(), self.engine.begin() as conn:
-            conn.execute(delete(TusPart).where(TusPart.file_id == file_id))
+        with self.db.transaction() as tx:
+            tx.run("DELETE FROM tus_parts WHERE file_id = :file_id", {"file_id": file_id})
             if parts:
-                conn.execute(
-                    TusPart.__table__.insert(),
+                tx.run_many(
+                    "INSERT INTO tus_parts (file_id, part, first_chunk, end_chunk, url, "
+                    "timestamp) VALUES (:file_id, :part, :first_chunk, :end_chunk, :url, :now)",
                     [
                         {
                             "file_id": file_id,
@@ -56,7 +60,7 @@ class TusPartRepository:
                             "first_chunk": p.first_chunk,
                             "end_chunk": p.end_chunk,
                             "url": p.url,
-                            "timestamp": now,
+                            "now": now,
                         }
                         for p in parts
                     ],
@@ -64,9 +68,9 @@ class TusPartRepository:
 
     def set_url(self, file_id: str, part: int, url: str) -> None:
         """Record the URL the server gave a part when it created it."""
-        with store_errors(), self.engine.begin() as conn:
-            conn.execute(
-                update(TusPart)
-                .where(TusPart.file_id == file_id, TusPart.part == part)
-                .values(url=url, timestamp=utcnow())
+        with self.db.transaction() as tx:
+            tx.run(
+                "UPDATE tus_parts SET url = :url, timestamp = :now "
+                "WHERE file_id = :file_id AND part = :part",
+                {"url": url, "now": utcnow(), "file_id": file_id, "part": part},
             )

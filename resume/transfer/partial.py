@@ -78,15 +78,21 @@ class PartialFile:
         os.close(fd)  # no descriptor until chunks arrive
         return True
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Write ``data`` at ``offset`` (not yet durable: see :meth:`sync`)."""
+    def write(self, offset: int, data: bytes | memoryview, *, aligned: bool = False) -> None:
+        """Write ``data`` at ``offset`` (not yet durable: see :meth:`sync`).
+
+        ``aligned``: ``data`` starts on a page boundary in memory (a view from the start of
+        an :class:`AlignedBuffers` buffer); written at a page-aligned offset, its pages then go
+        to the disk straight from it, without the copy into the staging buffer.
+        """
         self._open()
         view = memoryview(data).cast("B")
         if self.direct and len(view) >= DIRECT_MIN:
             head = -offset % DIRECT_ALIGN
             body = (len(view) - head) // DIRECT_ALIGN * DIRECT_ALIGN
             if body > 0:
-                done = self._write_direct(offset + head, view[head : head + body])
+                from_source = aligned and head == 0
+                done = self._write_direct(offset + head, view[head : head + body], from_source)
                 self._write_buffered(offset + head + done, view[head + done :])
                 self._write_buffered(offset, view[:head])
                 return
@@ -98,9 +104,10 @@ class PartialFile:
             view = view[written:]
             offset += written
 
-    def _write_direct(self, offset: int, view: memoryview) -> int:
+    def _write_direct(self, offset: int, view: memoryview, from_source: bool = False) -> int:
         """Write whole aligned pages with O_DIRECT; how many bytes it wrote (the caller writes
-        the rest through the page cache: a file system that refuses O_DIRECT writes 0)."""
+        the rest through the page cache: a file system that refuses O_DIRECT writes 0).
+        ``from_source``: ``view`` itself is page-aligned memory, written without staging."""
         if self.direct_fd < 0:
             try:
                 self.direct_fd = os.open(self.path, FILE_FLAGS | os.O_DIRECT)
@@ -117,9 +124,11 @@ class PartialFile:
         while done < len(view):
             piece = view[done : done + STAGING]
             n = len(piece)
-            staged[:n] = piece
+            if not from_source:
+                staged[:n] = piece
+                piece = staged[:n]
             try:
-                written = os.pwrite(self.direct_fd, staged[:n], offset + done)
+                written = os.pwrite(self.direct_fd, piece, offset + done)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -165,3 +174,33 @@ class PartialFile:
     def _open(self) -> None:
         if self.fd < 0:
             self.fd = os.open(self.path, FILE_FLAGS)
+
+
+class AlignedBuffers:
+    """Two page-aligned buffers used in turn: one is filled while the other is written."""
+
+    def __init__(self, size: int) -> None:
+        self._views = [memoryview(mmap.mmap(-1, size)) for _ in range(2)]
+        self._turn = 0
+
+    def next(self) -> memoryview:
+        """The other buffer (the caller must be done with it)."""
+        self._turn ^= 1
+        return self._views[self._turn]
+
+
+class BufferPool:
+    """:class:`AlignedBuffers` kept between requests: at most ``keep`` idle pairs (the rest
+    are freed), so a server that once had many uploads at a time does not keep their memory."""
+
+    def __init__(self, size: int, keep: int = 4) -> None:
+        self.size = size
+        self.keep = keep
+        self._idle: list[AlignedBuffers] = []
+
+    def take(self) -> AlignedBuffers:
+        return self._idle.pop() if self._idle else AlignedBuffers(self.size)
+
+    def give_back(self, buffers: AlignedBuffers) -> None:
+        if len(self._idle) < self.keep:
+            self._idle.append(buffers)

@@ -47,7 +47,7 @@ from resume.protocol import tus
 from resume.protocol.ledger import ChunkRecord, ChunkSpec, ChunkState, Ledger
 from resume.protocol.upload import new_file_id
 from resume.store import Store
-from resume.store.models import TransferState
+from resume.store.states import TransferState
 from resume.store.transfers import TransferRecord
 from resume.store.tus import PartRecord, TusPartRepository
 from resume.transfer.plan import FileJob
@@ -148,7 +148,7 @@ class TusUploader:
     ) -> None:
         self.store = store
         self.repo = store.transfers
-        self.parts_repo = TusPartRepository(store.engine)
+        self.parts_repo = TusPartRepository(store.db)
         self.url = creation_url(url)
         self.options = options or UploadOptions()
         self.tus = tus_options or TusOptions()
@@ -852,7 +852,7 @@ async def cancel_upload(
 
 def upload_urls(store: Store, record: TransferRecord) -> list[str]:
     """Every upload URL of a tus transfer: its parts and the file's own."""
-    parts = [p.url for p in TusPartRepository(store.engine).parts(record.file_id) if p.url]
+    parts = [p.url for p in TusPartRepository(store.db).parts(record.file_id) if p.url]
     return parts + ([record.upload_url] if record.upload_url else [])
 
 

@@ -25,15 +25,16 @@ import datetime as dt
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from resume.asgi import Disconnected, HttpRequest, Receive, Send, body_chunks, respond
+from resume.asgi import Disconnected, HttpRequest, Send, respond
 from resume.auth import Principal
 from resume.crashpoints import crash_point
+from resume.direct_body import BodyReader, BodySource, BodyTimeout
 from resume.errors import Fenced, StoreError
 from resume.protocol import tus_server as tus
 from resume.protocol.frames import CloseCode
@@ -45,12 +46,13 @@ from resume.store.models import ReceiveState
 from resume.store.received import LeaseHeld, NameTaken, ReceivedRecord
 from resume.transfer.incoming import Refused, Upload, storage_refusal
 from resume.transfer.leases import LeaseBusy
+from resume.transfer.partial import BufferPool
 from resume.transfer.receiver import UploadEndpoint
 
 log = logging.getLogger("resume.tus")
 
 CHUNK_SIZE = 4 * 2**20  # how the server cuts HTTP uploads (chunk records, per-chunk xxh3)
-WRITE_BUFFER = 1 * 2**20  # bytes gathered from the request before one pwrite
+WRITE_BUFFER = 4 * 2**20  # body bytes read before one pwrite (two such buffers per PATCH)
 DEFERRED_LIMIT = 2**40  # the most a deferred-length upload may become without --max-size
 READ_BLOCK = 1 * 2**20
 LINGER = 10.0  # seconds an upload's state stays loaded after a request, for the next PATCH
@@ -59,10 +61,6 @@ MAX_PARTS = 256  # partial uploads one final upload may join
 
 class _Gone(Exception):
     """A newer request took the upload over."""
-
-
-class BodyTimeout(Disconnected):
-    """The client sent no body bytes for ``--idle-timeout``: answered 408, bytes kept."""
 
 
 class RequestOwner:
@@ -113,6 +111,7 @@ class TusEndpoint:
         self.base = base.rstrip("/")
         self.chunk_size = chunk_size
         self._holds: dict[str, asyncio.Task[None]] = {}  # file id -> its lingering hold
+        self._buffers = BufferPool(WRITE_BUFFER)
 
     async def close(self) -> None:
         """Let go of the uploads kept loaded between requests."""
@@ -144,9 +143,9 @@ class TusEndpoint:
     # -- dispatch ---------------------------------------------------------------------------
 
     async def serve_http(
-        self, request: HttpRequest, principal: Principal, receive: Receive, send: Send
+        self, request: HttpRequest, principal: Principal, body: BodyReader, send: Send
     ) -> None:
-        """Answer one request under the endpoint's base path."""
+        """Answer one request under the endpoint's base path (``body``: its body)."""
         self.uploads.start_housekeeping()
         headers = request.mapping
         origin = headers.get("origin")
@@ -165,7 +164,7 @@ class TusEndpoint:
             await self._send(send, dialect.with_headers(*cors))
             return
         try:
-            reply = await self._dispatch(method, rest, request, principal, dialect, receive, send)
+            reply = await self._dispatch(method, rest, request, principal, dialect, body, send)
         except (OSError, StoreError) as exc:
             log.error("storage failure serving %s %s: %s", method, request.path, exc)
             refusal = storage_refusal(exc, "this upload")
@@ -188,7 +187,7 @@ class TusEndpoint:
         request: HttpRequest,
         principal: Principal,
         dialect: Dialect,
-        receive: Receive,
+        body: BodyReader,
         send: Send,
     ) -> Reply | None:
         if not rest:
@@ -199,7 +198,7 @@ class TusEndpoint:
                 return creation
             if creation.concat == "final":
                 return await self.concatenate(request, principal, creation)
-            return await self.create(request, principal, creation, receive)
+            return await self.create(request, principal, creation, body)
         url_id = tus.upload_id(rest)
         if url_id is None:
             return tus.problem(404, "", f"no upload {rest[:80]!r}", dialect)
@@ -209,7 +208,7 @@ class TusEndpoint:
             append = tus.parse_append(request.mapping, dialect)
             if isinstance(append, Reply):
                 return append
-            return await self.patch(request, principal, url_id, append, receive)
+            return await self.patch(request, principal, url_id, append, body)
         if method == "DELETE":
             return await self.delete(principal, url_id, dialect)
         if method == "GET":
@@ -229,7 +228,7 @@ class TusEndpoint:
     # -- creation ---------------------------------------------------------------------------
 
     async def create(
-        self, request: HttpRequest, principal: Principal, creation: Creation, receive: Receive
+        self, request: HttpRequest, principal: Principal, creation: Creation, body: BodyReader
     ) -> Reply:
         dialect = creation.dialect
         url_id = _url_id(creation)
@@ -286,7 +285,7 @@ class TusEndpoint:
                 append = Append(
                     dialect, 0, None, creation.complete, creation.checksum, creation.length
                 )
-                refused = await self.append(upload, owner, epoch, append, self._body(receive))
+                refused = await self.append(upload, owner, epoch, append, body)
                 if refused is not None:
                     return refused
             elif geometry.size == 0 and creation.length == 0 and not partial:
@@ -518,7 +517,7 @@ class TusEndpoint:
         principal: Principal,
         url_id: str,
         append: Append,
-        receive: Receive,
+        body: BodyReader,
     ) -> Reply:
         dialect = append.dialect
         endpoint = self.uploads
@@ -541,26 +540,11 @@ class TusEndpoint:
                 return tus.mismatch_reply(reception.offset, append.offset, dialect)
             if reception.offset != append.offset:  # an earlier owner's bytes became durable
                 return tus.mismatch_reply(reception.offset, append.offset, dialect)
-            return await self.append(
-                upload, owner, epoch, append, self._body(receive)
-            ) or tus.appended_reply(self.view(upload), dialect)
+            return await self.append(upload, owner, epoch, append, body) or tus.appended_reply(
+                self.view(upload), dialect
+            )
         finally:
             await self._let_go(upload, owner, epoch)
-
-    async def _body(self, receive: Receive) -> AsyncIterator[bytes]:
-        """The request body; a client that sends nothing for ``--idle-timeout`` is treated as
-        gone (what arrived is kept), so a stalled body cannot hold an upload for ever."""
-        pieces = body_chunks(receive).__aiter__()
-        idle = self.uploads.limits.idle_timeout
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    piece = await pieces.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise BodyTimeout(f"no body bytes for {idle:g}s") from None
-            yield piece
 
     async def _take(self, upload: Upload, owner: RequestOwner) -> int:
         """``owner`` (a new request) takes the upload: any earlier request is fenced, what it
@@ -597,7 +581,7 @@ class TusEndpoint:
         owner: RequestOwner,
         epoch: int,
         append: Append,
-        body: AsyncIterator[bytes],
+        body: BodySource,
     ) -> Reply | None:
         """Write a request body at the upload's durable offset; None when all went well (the
         caller answers with the new offset), else the refusal to send."""
@@ -611,30 +595,44 @@ class TusEndpoint:
         saved = cursor.copy() if append.checksum else None
         body_hash = tus.body_checksum(append.checksum[0]) if append.checksum else None
         limit = reception.geometry.size
-        buffer = bytearray()
         completed: list[tuple[int, str]] = []
         overflow = False
         gone: Exception | None = None
+        idle = self.uploads.limits.idle_timeout
+        # Two page-aligned buffers: the body is read into one while the other is written
+        # (O_DIRECT straight from it) and hashed in a thread.
+        buffers = self._buffers.take()
+        writing: asyncio.Future[list[tuple[int, str]]] | None = None
+        taken = start  # the stream position after the bytes read so far
         try:
-            async for piece in body:
+            while True:
                 if owner.fenced:
                     raise _Gone(owner.fenced)
-                room = limit - cursor.pos - len(buffer)
-                if len(piece) > room:
-                    piece, overflow = piece[:room], True
-                buffer += piece
-                if len(buffer) >= WRITE_BUFFER:
-                    completed += await self._write(upload, owner, epoch, cursor, buffer, body_hash)
-                    buffer = bytearray()
+                if taken >= limit:  # one more byte would be past the length
+                    overflow = await body.readinto(memoryview(bytearray(1)), idle) > 0
+                    break
+                view = buffers.next()[: limit - taken]
+                n = await body.readinto(view, idle)
+                if n == 0:
+                    break
+                if writing is not None:
+                    completed += await writing
+                    writing = None
                     if saved is None:
                         self._mark(upload, epoch, completed)
-                        completed = []
-                if overflow:
-                    break
+                writing = asyncio.ensure_future(
+                    self._write(upload, owner, epoch, cursor, view[:n], body_hash)
+                )
+                taken += n
         except (Disconnected, _Gone) as exc:
             gone = exc
-        if buffer and not owner.fenced:
-            completed += await self._write(upload, owner, epoch, cursor, buffer, body_hash)
+        finally:
+            if writing is not None:
+                try:
+                    completed += await writing
+                except _Gone as exc:
+                    gone = gone or exc
+            self._buffers.give_back(buffers)
         if owner.fenced:
             return tus.mismatch_reply(reception.offset, append.offset, dialect)
         if saved is not None:
@@ -713,7 +711,7 @@ class TusEndpoint:
         owner: RequestOwner,
         epoch: int,
         cursor: Cursor,
-        data: bytearray,
+        data: memoryview,
         body_hash: Any | None,
     ) -> list[tuple[int, str]]:
         """Write ``data`` at the cursor and hash it (in a thread); the chunks it completed."""
@@ -722,7 +720,7 @@ class TusEndpoint:
         chunk_size = self.chunk_size
 
         def write_and_hash() -> list[tuple[int, str]]:
-            upload.partial.write(cursor.pos, data)
+            upload.partial.write(cursor.pos, data, aligned=True)
             crash_point("chunk.written")
             view = memoryview(data)
             done = []
@@ -956,30 +954,9 @@ class TusEndpoint:
         paths = [self.uploads.root.partial_path(file_id) for file_id in part_ids]
         start = upload.require().offset
 
-        async def stream() -> AsyncIterator[bytes]:
-            skip = start
-            for path in paths:
-                size = await asyncio.to_thread(_size_of, path)
-                if skip >= size:
-                    skip -= size
-                    continue
-                fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_NOFOLLOW)
-                try:
-                    position = skip
-                    skip = 0
-                    while position < size:
-                        block = await asyncio.to_thread(
-                            os.pread, fd, min(READ_BLOCK, size - position), position
-                        )
-                        if not block:
-                            raise OSError(f"partial upload {path.name} ends early")
-                        position += len(block)
-                        yield block
-                finally:
-                    os.close(fd)
-
         append = Append(dialect, start)
-        refused = await self.append(upload, owner, epoch, append, stream())
+        with _PartsBody(paths, start) as body:
+            refused = await self.append(upload, owner, epoch, append, body)
         if refused is not None:
             return refused
         if upload.require().phase is Phase.COMPLETED:
@@ -1045,6 +1022,53 @@ class TusEndpoint:
                 if upload.owner is None:
                     upload.partial.close()
             await upload.release_lease()  # several nodes: another may take it now
+
+
+class _PartsBody:
+    """The body of a concatenation: the partial uploads' bytes from ``start`` on, read from
+    disk straight into the caller's buffer."""
+
+    def __init__(self, paths: list[Path], start: int) -> None:
+        self.paths = paths
+        self.skip = start
+        self.index = 0
+        self.fd = -1
+        self.position = self.size = 0
+
+    async def readinto(self, buffer: memoryview, idle: float | None = None) -> int:
+        return await asyncio.to_thread(self._fill, buffer)
+
+    def _fill(self, buffer: memoryview) -> int:
+        filled = 0
+        while filled < len(buffer) and self.index < len(self.paths):
+            if self.fd < 0:
+                path = self.paths[self.index]
+                self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                self.size = os.fstat(self.fd).st_size
+                self.position, self.skip = min(self.skip, self.size), max(0, self.skip - self.size)
+            want = min(len(buffer) - filled, self.size - self.position)
+            if want <= 0:
+                self._next()
+                continue
+            n = os.preadv(self.fd, [buffer[filled : filled + want]], self.position)
+            if n == 0:
+                raise OSError(f"partial upload {self.paths[self.index].name} ends early")
+            filled += n
+            self.position += n
+        return filled
+
+    def _next(self) -> None:
+        os.close(self.fd)
+        self.fd = -1
+        self.index += 1
+
+    def __enter__(self) -> _PartsBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 async def _stream_file(

@@ -31,7 +31,7 @@ def test_upload_url_is_stored_with_the_transfer(store: Store) -> None:
 def test_parts_are_replaced_given_urls_and_deleted_with_their_transfer(store: Store) -> None:
     """Layout, URL per part, and no orphan rows after `resume gc` deletes the transfer."""
     record = new_transfer(store)
-    parts = TusPartRepository(store.engine)
+    parts = TusPartRepository(store.db)
     parts.replace(record.file_id, [PartRecord(0, 0, 5, None), PartRecord(1, 5, 10, None)])
     parts.set_url(record.file_id, 1, "http://127.0.0.1:1/files/p1")
     assert parts.parts(record.file_id) == [
