@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import json
 import os
 import ssl
@@ -98,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 def fetch_live(holder: LockInfo, token: str | None) -> tuple[dict[str, Any] | None, str | None]:
     """The running server's ``GET /status``, or None and why not."""
+    import http.client  # here: every `resume` command imports this module, few call this
+
     if not holder.url:
         return None, "the server has not finished starting"
     parts = urlsplit(holder.url)

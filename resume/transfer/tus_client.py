@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import mimetypes
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -73,7 +75,10 @@ class TusOptions:
     max_new_uploads: int = 2  # times one run may start a file over after a 404/410
     # Chunks per PATCH: one request (one round trip, one server fsync) carries several
     # chunks, each still PREPARED before it leaves and COMMITTED once the offset covers it.
+    # On a long link it grows (up to max_chunks_per_patch) until a PATCH takes PATCH_RTTS
+    # round trips to send, so the wait for each answer costs a small part of the time.
     chunks_per_patch: int = 4
+    max_chunks_per_patch: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.parallel <= 64:
@@ -161,6 +166,8 @@ class TusUploader:
         self._retry: RetryLoop | None = None
         self._resyncs = 0
         self._warned_no_concat = False
+        self._rtt: float | None = None  # the quickest small request so far, in seconds
+        self._rate: float | None = None  # bytes per second of the last PATCH
 
     def stop(self) -> None:
         """Ask the run to stop after the PATCH requests in flight, then raise Interrupted."""
@@ -298,7 +305,21 @@ class TusUploader:
         headers: dict[str, str] | None = None,
         body: bytes | AsyncIterator[bytes] | None = None,
     ) -> httpx.Response:
-        return await self._http_client.request(method, url, headers=headers, content=body)
+        started = time.monotonic()
+        response = await self._http_client.request(method, url, headers=headers, content=body)
+        if body is None:  # a request without a body: about one round trip
+            elapsed = time.monotonic() - started
+            self._rtt = elapsed if self._rtt is None else min(self._rtt, elapsed)
+        return response
+
+    def _chunks_per_patch(self, chunk_size: int) -> int:
+        """How many chunks the next PATCH carries: ``chunks_per_patch``, more on a long link
+        (enough that sending one takes PATCH_RTTS round trips at the last PATCH's rate)."""
+        least = max(1, self.tus.chunks_per_patch)
+        if self._rtt is None or self._rate is None:
+            return least
+        wanted = math.ceil(PATCH_RTTS * self._rtt * self._rate / chunk_size)
+        return max(least, min(wanted, self.tus.max_chunks_per_patch))
 
     def _error(self, response: httpx.Response, what: str, *, creating: bool = False) -> ResumeError:
         """The error a refused request stands for (the branch it takes is its class)."""
@@ -610,16 +631,19 @@ class TusUploader:
         next request's chunks are read and prepared while the current one is on its way."""
         assert part.url is not None
         ledger = state.ledger
-        per_patch = max(1, self.tus.chunks_per_patch)
         # Two buffers, used in turn: one request's chunks are sent from one while the next
-        # request's are read into the other. No allocation per chunk, so memory stays flat.
-        slots = [bytearray(per_patch * ledger.chunk_size) for _ in range(2)]
+        # request's are read into the other. Reused (grown only with the PATCH size), so
+        # memory stays flat in the file's size.
+        slots = [bytearray(), bytearray()]
         turn = 0
         ahead: tuple[range, asyncio.Task[list[memoryview]]] | None = None
         async with ChunkSource(state.job.path) as source:
 
             async def load(indexes: range) -> list[memoryview]:
                 nonlocal turn
+                need = sum(ledger.spec(i).length for i in indexes)
+                if len(slots[turn]) < need:
+                    slots[turn] = bytearray(need)
                 slot, turn = memoryview(slots[turn]), 1 - turn
                 views = []
                 for index in indexes:
@@ -631,15 +655,18 @@ class TusUploader:
 
             try:
                 while part.offset < part.length and not self._stopping.is_set():
+                    per_patch = self._chunks_per_patch(ledger.chunk_size)
                     first = (part.start + part.offset) // ledger.chunk_size
-                    group = range(first, min(first + per_patch, part.end_chunk))
-                    if ahead is not None and ahead[0] == group:
+                    if ahead is not None and ahead[0].start == first:
+                        group = ahead[0]
                         buffers = await ahead[1]
                     else:
                         if ahead is not None:  # not the chunks we need: let them finish first
                             await ahead[1]
+                        group = range(first, min(first + per_patch, part.end_chunk))
                         buffers = await load(group)
                     ahead = None
+                    per_patch = self._chunks_per_patch(ledger.chunk_size)
                     following = range(group.stop, min(group.stop + per_patch, part.end_chunk))
                     if following:
                         ahead = (following, asyncio.create_task(load(following)))
@@ -681,7 +708,9 @@ class TusUploader:
         length = sum(len(v) for v in views)
         checksum = tus.checksum_header_of(algorithm, views) if algorithm else None
         headers = {**tus.patch_headers(part.offset, checksum), "Content-Length": str(length)}
+        started = time.monotonic()
         response = await self._request("PATCH", part.url, headers, _pieces(views))
+        self._rate = length / max(time.monotonic() - started, 1e-6)
         state.result.bytes_sent += length
         if response.status_code == tus.CHECKSUM_FAILED:
             self._count_nack(state, specs[0].index)  # the request failed as a whole
@@ -878,6 +907,7 @@ def _metadata(job: FileJob, resume_id: str, *, overwrite: bool = False) -> dict[
 
 
 PIECE = 2**20  # bytes handed to the HTTP stack at a time
+PATCH_RTTS = 8  # a PATCH should take this many round trips to send (see TusOptions)
 
 
 async def _pieces(views: list[memoryview]) -> AsyncIterator[bytes]:

@@ -20,6 +20,7 @@ Faults (JSON object, all optional):
     "status": {"POST": 401}     always answer a method with this status
     "gone_after": N             after N PATCHes to the first upload, it is gone (410)
     "patch_delay": SECONDS      sleep before answering each PATCH
+    "rtt": SECONDS              sleep before answering every request (a long link)
     "max_size": BYTES           Tus-Max-Size (and 413 beyond it)
     "half": true                store only the first half of every PATCH body (a partial take)
 """
@@ -83,6 +84,8 @@ def make_app(state: State):
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if state.faults.get("rtt") and not path.startswith("/_"):
+            await asyncio.sleep(float(state.faults["rtt"]))
         status, out, content = await handle(method, path, headers, body)
         algorithm = headers.get("upload-checksum", " ").split(" ")[0] or None
         state.log.append([method, path, status, algorithm])

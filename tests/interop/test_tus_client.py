@@ -8,6 +8,7 @@ server (hostile_tus.py) scripts the answers the real ones rarely give: 409, 460,
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -255,6 +256,20 @@ def hostile_upload_is_identical(
     [record] = status(db)
     data_dir = Path(server.cmd[2])
     assert read_upload(data_dir, record["upload_url"]) == source.read_bytes()
+
+
+def test_patches_grow_on_a_long_link(hostile, tmp_path: Path) -> None:
+    """Each answer takes 100 ms: PATCHes grow past 4 chunks so that waiting for answers costs
+    a smaller part of the time (24 chunks at 4 per PATCH would be 6 PATCHes)."""
+    source = tmp_path / "long.bin"
+    source.write_bytes(os.urandom(24 * 2**20))
+
+    server = hostile({"rtt": 0.1})
+    db = tmp_path / "state.db"
+    code, _, err = upload(source, server.url, db, "--chunk-size", "1MiB")
+    assert code == 0, err
+    hostile_upload_is_identical(server, tmp_path, db, source)
+    assert sum(1 for method, _ in requests(server) if method == "PATCH") <= 3  # 4, then 16
 
 
 def test_a_small_file_travels_in_the_creating_post(hostile, tmp_path: Path) -> None:
