@@ -13,8 +13,8 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import BinaryIO, TypeVar
 
 import httpx
 
@@ -33,6 +33,7 @@ from resume.errors import (
     classify,
 )
 from resume.net.backoff import Backoff
+from resume.net.bulk import BulkSender
 from resume.net.connector import ConnectionEvent
 
 T = TypeVar("T")
@@ -118,6 +119,9 @@ class HttpClient:
         # one; the verifying client is made on the first request that could need TLS.
         self._plain = None if use_env_proxy else httpx.AsyncClient(**settings, verify=False)  # type: ignore[arg-type]
         self._tls: httpx.AsyncClient | None = None
+        self._headers = dict(settings["headers"])  # type: ignore[call-overload]
+        self._bulk: BulkSender | None = None
+        self._timeouts = (connect_timeout, response_timeout)
 
     def _client_for(self, url: str) -> httpx.AsyncClient:
         if self._plain is not None and url[:7].lower() == "http://":
@@ -145,16 +149,48 @@ class HttpClient:
                 raise
             raise error from exc
 
+    async def send_file(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        file: BinaryIO,
+        offset: int,
+        body: Sequence[memoryview],
+    ) -> httpx.Response:
+        """Send a request whose body is the file's bytes ``[offset, offset + len(body))``;
+        ``body`` holds the same bytes in memory. Plain ``http://`` without a proxy: the kernel
+        sends them from the file (:mod:`resume.net.bulk`); otherwise httpx sends ``body``."""
+        if self._plain is not None and url[:7].lower() == "http://":
+            if self._bulk is None:
+                self._bulk = BulkSender(*self._timeouts)
+            return await self._bulk.send_file(
+                method, url, {**self._headers, **headers}, file, offset, body
+            )
+        return await self.request(method, url, headers=headers, content=_pieces(body))
+
     async def aclose(self) -> None:
         for client in (self._plain, self._tls):
             if client is not None:
                 await client.aclose()
+        if self._bulk is not None:
+            await self._bulk.aclose()
 
     async def __aenter__(self) -> HttpClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+PIECE = 2**20  # bytes handed to httpx at a time
+
+
+async def _pieces(views: Sequence[memoryview]) -> AsyncIterator[bytes]:
+    """A body made of buffers, in pieces (no copy is made here)."""
+    for view in views:
+        for start in range(0, len(view), PIECE):
+            yield view[start : start + PIECE]  # type: ignore[misc]  # h11 takes any buffer
 
 
 class RetryLoop:

@@ -52,6 +52,9 @@ class TusProtocolError(ValueError):
 # -- what the server offers ------------------------------------------------------------------
 
 
+FILE_DIGEST = "xxh3-128"  # resume's whole-file checksum, as an RFC 9530 digest name
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """A tus server's answer to ``OPTIONS`` on its creation endpoint."""
@@ -60,6 +63,9 @@ class Capabilities:
     extensions: frozenset[str] = field(default_factory=frozenset)
     max_size: int | None = None
     checksum_algorithms: tuple[str, ...] = ()
+    # The server checks a whole-file xxh3-128 named in Repr-Digest before it publishes the
+    # file (``resume serve`` asks for it with Want-Repr-Digest, RFC 9530).
+    file_digest: bool = False
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> Capabilities:
@@ -74,6 +80,10 @@ class Capabilities:
             max_size=_non_negative(max_size, "Tus-Max-Size") if max_size else None,
             checksum_algorithms=tuple(
                 a.lower() for a in _split(lower.get("tus-checksum-algorithm", ""))
+            ),
+            file_digest=any(
+                member.partition("=")[0].strip().lower() == FILE_DIGEST
+                for member in _split(lower.get("want-repr-digest", ""))
             ),
         )
 
@@ -217,11 +227,17 @@ def final_headers(
     return headers
 
 
-def patch_headers(offset: int, checksum: str | None = None) -> dict[str, str]:
-    """Headers of a ``PATCH`` that appends bytes at ``offset``."""
+def patch_headers(
+    offset: int, checksum: str | None = None, file_checksum: str | None = None
+) -> dict[str, str]:
+    """Headers of a ``PATCH`` that appends bytes at ``offset``; ``file_checksum``: the whole
+    file's xxh3-128 (hex) for a server that checks it (:attr:`Capabilities.file_digest`)."""
     headers = {"Upload-Offset": str(offset), "Content-Type": OFFSET_CONTENT_TYPE}
     if checksum:
         headers["Upload-Checksum"] = checksum
+    if file_checksum:
+        encoded = base64.b64encode(bytes.fromhex(file_checksum)).decode("ascii")
+        headers["Repr-Digest"] = f"{FILE_DIGEST}=:{encoded}:"
     return headers
 
 

@@ -47,6 +47,12 @@ PROBLEM_TYPE = "application/problem+json"
 PROBLEMS = "https://iana.org/assignments/http-problem-types#"
 SERVER_CHECKSUMS = ("xxh3", "sha1", "sha256", "md5")
 DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
+# The whole-file checksum resume's own machine computes as bytes arrive (no read-back). A
+# client names it in ``Repr-Digest`` (on the creation or on any PATCH; the last one counts) and
+# the file is published only if it matches, as over WebSocket. Offered in OPTIONS with
+# ``Want-Repr-Digest`` (RFC 9530).
+FILE_DIGEST = "xxh3-128"
+FILE_DIGEST_BYTES = 16
 EXTENSIONS = (
     "creation",
     "creation-with-upload",
@@ -131,6 +137,7 @@ class Append:
     complete: bool | None = None  # IETF: Upload-Complete
     checksum: tuple[str, bytes] | None = None  # (algorithm, digest) of this body
     content_length: int | None = None
+    digest: str | None = None  # Repr-Digest of the whole upload, to check when complete
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +201,7 @@ def options_reply(settings: Settings) -> Reply:
         ("Tus-Version", TUS_VERSION),
         ("Tus-Extension", ",".join(EXTENSIONS)),
         ("Tus-Checksum-Algorithm", ",".join(a for a in SERVER_CHECKSUMS)),
+        ("Want-Repr-Digest", f"{FILE_DIGEST}=10, sha-256=3, sha-512=3"),
     ]
     if settings.max_size is not None:
         headers.append(("Tus-Max-Size", str(settings.max_size)))
@@ -241,7 +249,7 @@ def parse_creation(
             return _too_large(length, settings, dialect)
         digest = headers.get("repr-digest")
         if digest is not None and isinstance(_digest(digest), Reply):
-            return problem(400, "", "Repr-Digest: no sha-256 or sha-512 value", dialect)
+            return problem(400, "", "Repr-Digest: no usable value", dialect)
         checksum = _content_digest(headers.get("content-digest"))
         if isinstance(checksum, Reply):
             return checksum
@@ -354,6 +362,9 @@ def parse_append(headers: Mapping[str, str], dialect: Dialect) -> Append | Reply
     content_length = _integer(headers.get("content-length"), dialect)
     if isinstance(content_length, Reply):
         return content_length
+    digest = headers.get("repr-digest")
+    if digest is not None and isinstance(_digest(digest), Reply):
+        return problem(400, "", "Repr-Digest: no usable value", dialect)
     if dialect is Dialect.IETF:
         complete = _sf_boolean(headers.get("upload-complete"))
         if complete is None:
@@ -364,14 +375,14 @@ def parse_append(headers: Mapping[str, str], dialect: Dialect) -> Append | Reply
         checksum = _content_digest(headers.get("content-digest"))
         if isinstance(checksum, Reply):
             return checksum
-        return Append(dialect, offset, length, complete, checksum, content_length)
+        return Append(dialect, offset, length, complete, checksum, content_length, digest)
     length = _integer(headers.get("upload-length"))
     if isinstance(length, Reply):
         return length
     checksum = _tus_checksum(headers.get("upload-checksum"))
     if isinstance(checksum, Reply):
         return checksum
-    return Append(dialect, offset, length, None, checksum, content_length)
+    return Append(dialect, offset, length, None, checksum, content_length, digest)
 
 
 def append_problem(view: UploadView, append: Append, max_size: int | None) -> Reply | None:
@@ -563,9 +574,30 @@ def digest_matches(header: str, digests: Mapping[str, bytes]) -> bool:
 
 
 def digest_algorithms(header: str) -> list[str]:
-    """The algorithms of a ``Repr-Digest`` header this server can check."""
+    """The algorithms of a ``Repr-Digest`` header that are checked by reading the file back
+    (sha-256, sha-512; not :data:`FILE_DIGEST`, which the receiving machine checks)."""
     parsed = _digest(header)
-    return [] if isinstance(parsed, Reply) else [a for a, _ in parsed]
+    return [] if isinstance(parsed, Reply) else [a for a, _ in parsed if a in DIGESTS]
+
+
+def file_checksum(header: str | None) -> str | None:
+    """The :data:`FILE_DIGEST` member of a ``Repr-Digest`` header, as the hex digits resume's
+    whole-file checksum is written in; None if it has none."""
+    parsed = _digest(header) if header else []
+    if isinstance(parsed, Reply):
+        return None
+    return next((value.hex() for a, value in parsed if a == FILE_DIGEST), None)
+
+
+def merge_digests(old: str | None, new: str) -> str:
+    """``new``'s members over ``old``'s (a later request may name the digest again)."""
+    members: dict[str, str] = {}
+    for header in (old, new):
+        for member in (header or "").split(","):
+            name = member.partition("=")[0].strip().lower()
+            if name:
+                members[name] = member.strip()
+    return ", ".join(members.values())
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | Reply | None:
@@ -660,22 +692,26 @@ def _content_digest(value: str | None) -> tuple[str, bytes] | Reply | None:
 
 
 def _digest(value: str) -> Sequence[tuple[str, bytes]] | Reply:
-    """The sha-256/sha-512 members of an RFC 9530 digest dictionary (others are ignored)."""
+    """The sha-256, sha-512 and xxh3-128 members of an RFC 9530 digest dictionary (others are
+    ignored)."""
     found = []
     for member in value.split(","):
         algorithm, _, raw = member.strip().partition("=")
         algorithm = algorithm.strip().lower()
         raw = raw.strip()
-        if algorithm not in DIGESTS:
+        if algorithm not in DIGESTS and algorithm != FILE_DIGEST:
             continue
         if len(raw) < 2 or raw[0] != ":" or raw[-1] != ":":
             return _bad("a digest must be a byte sequence (:base64:)", Dialect.IETF)
         try:
-            found.append((algorithm, base64.b64decode(raw[1:-1], validate=True)))
+            decoded = base64.b64decode(raw[1:-1], validate=True)
         except (binascii.Error, ValueError):
             return _bad("a digest is not valid base64", Dialect.IETF)
+        if algorithm == FILE_DIGEST and len(decoded) != FILE_DIGEST_BYTES:
+            return _bad(f"a {FILE_DIGEST} digest is {FILE_DIGEST_BYTES} bytes", Dialect.IETF)
+        found.append((algorithm, decoded))
     if not found:
-        return _bad("no sha-256 or sha-512 digest", Dialect.IETF)
+        return _bad(f"no sha-256, sha-512 or {FILE_DIGEST} digest", Dialect.IETF)
     return found
 
 

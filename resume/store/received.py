@@ -295,6 +295,14 @@ class ReceivedRepository:
                 .values(length_deferred=False)
             )
 
+    def set_digest(self, file_id: str, epoch: int, digest: str) -> None:
+        """The ``Repr-Digest`` an HTTP upload must match when complete; fenced."""
+        with store_errors(), self.engine.begin() as conn:
+            self._fence(conn, file_id, epoch, timestamp=utcnow())
+            conn.execute(
+                update(HttpUpload).where(HttpUpload.file_id == file_id).values(digest=digest)
+            )
+
     def renew(self, file_id: str, epoch: int, lease: float) -> None:
         """Extend the lease of the owner with ``epoch`` by ``lease`` seconds; fenced."""
         with store_errors(), self.engine.begin() as conn:

@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 
 import xxhash
 
@@ -134,6 +134,7 @@ class ChunkSource:
         self.fingerprint = fingerprint
         self.restart_hint = restart_hint
         self._fd: int | None = None
+        self._file: BinaryIO | None = None
 
     async def __aenter__(self) -> Self:
         fd, now = await asyncio.to_thread(open_source, self.path)
@@ -151,9 +152,20 @@ class ChunkSource:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._file is not None:
+            self._file.close()  # closefd=False: the descriptor is closed below
+            self._file = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def file(self) -> BinaryIO:
+        """The open file as a file object (``loop.sendfile`` needs one), valid while the
+        source is open; positioned reads elsewhere do not depend on its position."""
+        assert self._fd is not None, "use ChunkSource as an async context manager"
+        if self._file is None:
+            self._file = os.fdopen(self._fd, "rb", buffering=0, closefd=False)
+        return self._file
 
     async def read_into(self, spec: ChunkSpec, into: memoryview) -> memoryview:
         """Read chunk ``spec`` into ``into`` (reused by the caller: no allocation per chunk);

@@ -27,9 +27,11 @@ import mimetypes
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+import xxhash
 
 from resume.errors import (
     ChecksumMismatch,
@@ -54,7 +56,13 @@ from resume.store.transfers import TransferRecord
 from resume.store.tus import PartRecord, TusPartRepository
 from resume.transfer.plan import FileJob
 from resume.transfer.resumption import RESTART_HINT, find_transfer
-from resume.transfer.source import FILE_ALGO, ChunkSource, Fingerprint, chunk_checksum
+from resume.transfer.source import (
+    FILE_ALGO,
+    ChunkSource,
+    Fingerprint,
+    chunk_checksum,
+    file_checksum,
+)
 from resume.transfer.upload import (
     FileResult,
     UploadOptions,
@@ -137,6 +145,11 @@ class _FileState:
     parts: list[_Part] = field(default_factory=list)
     concatenated: bool = False  # parts of a parallel upload (False: one upload)
     check_only: bool = False  # finished in an earlier run: only ask the server it still has it
+    # The whole-file xxh3-128 for a server that checks it (Repr-Digest on the last PATCH):
+    # fed in chunk order while sending from the start, else read in the background.
+    hasher: Any = None
+    hashed: int = 0  # chunks fed to ``hasher``
+    whole: asyncio.Task[str] | None = None
 
 
 class TusUploader:
@@ -352,12 +365,21 @@ class TusUploader:
         return Rejected(f"{what}: refused: HTTP {status}{detail}", status=status)
 
     async def _create(
-        self, length: int, metadata: dict[str, str] | None, *, partial: bool, body: bytes | None
+        self,
+        length: int,
+        metadata: dict[str, str] | None,
+        *,
+        partial: bool,
+        body: bytes | None,
+        whole: str | None = None,
     ) -> tuple[str, int | None]:
-        """POST a new upload; its absolute URL and, with a body, the offset the server took."""
+        """POST a new upload; its absolute URL and, with a body, the offset the server took.
+        ``whole``: the file's xxh3-128, for a server that checks it before publishing."""
         headers = tus.creation_headers(
             length, metadata, partial=partial, with_body=body is not None
         )
+        if whole is not None:
+            headers["Repr-Digest"] = tus.patch_headers(0, None, whole)["Repr-Digest"]
         response = await self._request("POST", self.url, headers, body)
         if not response.is_success:
             raise self._error(response, f"creating an upload at {self.url}", creating=True)
@@ -533,11 +555,15 @@ class TusUploader:
                 buffer = await self._load(state, source, 0)
             state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
             body = bytes(buffer)
+        whole = None
+        if body is not None and self._verifies(state):  # the body is the whole file
+            whole = xxhash.xxh3_128_hexdigest(body)
         url, offset = await self._create(
             record.size,
             _metadata(state.job, record.file_id, overwrite=self.options.overwrite),
             partial=False,
             body=body,
+            whole=whole,
         )
         self.repo.update(record.file_id, upload_url=url)
         state.record = self.repo.get(record.file_id) or record
@@ -545,6 +571,8 @@ class TusUploader:
         if body is not None:
             state.result.bytes_sent += len(body)
             part.offset = await self._head(part) if offset is None else offset
+            if whole is not None and part.offset == part.length:
+                state.result.checksum = whole  # verified by the server before it published
         else:
             part.offset = 0
 
@@ -613,7 +641,7 @@ class TusUploader:
         ledger = state.ledger
         spec = ledger.spec(index)
         buffer = await (source.read(spec) if into is None else source.read_into(spec, into))
-        checksum = chunk_checksum(buffer)
+        checksum = await asyncio.to_thread(_hash_chunk, state, index, buffer)
         current = ledger.state(index)
         if current is ChunkState.PENDING:
             prepared = [ledger.prepare(index, checksum)]
@@ -631,6 +659,11 @@ class TusUploader:
         next request's chunks are read and prepared while the current one is on its way."""
         assert part.url is not None
         ledger = state.ledger
+        if self._verifies(state) and state.hasher is None and state.whole is None:
+            if part.offset == 0:
+                state.hasher = xxhash.xxh3_128()
+            else:  # bytes sent by an earlier run are not read again here: hash the file
+                state.whole = asyncio.create_task(file_checksum(state.job.path))
         # Two buffers, used in turn: one request's chunks are sent from one while the next
         # request's are read into the other. Reused (grown only with the PATCH size), so
         # memory stays flat in the file's size.
@@ -670,7 +703,7 @@ class TusUploader:
                     following = range(group.stop, min(group.stop + per_patch, part.end_chunk))
                     if following:
                         ahead = (following, asyncio.create_task(load(following)))
-                    await self._patch(state, part, [ledger.spec(i) for i in group], buffers)
+                    await self._patch(state, part, [ledger.spec(i) for i in group], buffers, source)
             finally:
                 if ahead is not None:
                     await self._unprepare(state, ahead[0], ahead[1])
@@ -695,6 +728,7 @@ class TusUploader:
         part: _Part,
         specs: list[ChunkSpec],
         buffers: list[memoryview],
+        source: ChunkSource,
     ) -> None:
         """One PATCH of the rest of some chunks; on success the part's offset moves on and
         every chunk the new offset covers is committed. The body is streamed from the chunk
@@ -707,10 +741,22 @@ class TusUploader:
         views[0] = views[0][position - specs[0].offset :]
         length = sum(len(v) for v in views)
         checksum = tus.checksum_header_of(algorithm, views) if algorithm else None
-        headers = {**tus.patch_headers(part.offset, checksum), "Content-Length": str(length)}
+        whole = None
+        if self._verifies(state) and position + length == state.record.size:
+            whole = await self._whole_checksum(state)  # the server checks it, then publishes
+        headers = {
+            **tus.patch_headers(part.offset, checksum, whole),
+            "Content-Length": str(length),
+        }
         started = time.monotonic()
-        response = await self._request("PATCH", part.url, headers, _pieces(views))
+        # The body goes from the file (sendfile where it can); the buffers read to hash it are
+        # the same bytes, for h11's count or for httpx.
+        response = await self._http_client.send_file(
+            "PATCH", part.url, headers, source.file(), position, views
+        )
         self._rate = length / max(time.monotonic() - started, 1e-6)
+        # A file changed while it was being sent may have sent bytes other than those hashed.
+        state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
         state.result.bytes_sent += length
         if response.status_code == tus.CHECKSUM_FAILED:
             self._count_nack(state, specs[0].index)  # the request failed as a whole
@@ -730,12 +776,25 @@ class TusUploader:
             return
         part.idle = 0
         part.offset = offset
+        if whole is not None and offset == part.length:
+            state.result.checksum = whole  # verified by the server before it published
         for spec in specs:
             if part.start + offset >= spec.offset + spec.length:
                 self._commit(state, spec.index)
         self._resyncs = 0
         assert self._retry is not None
         self._retry.progressed()
+
+    def _verifies(self, state: _FileState) -> bool:
+        """Whether the server checks this file's whole xxh3-128 (one upload, not parts)."""
+        return self.capabilities.file_digest and not state.concatenated
+
+    async def _whole_checksum(self, state: _FileState) -> str:
+        if state.hasher is not None and state.hashed == state.ledger.chunk_count:
+            return str(state.hasher.hexdigest())
+        if state.whole is None:  # not every chunk passed through here in order
+            state.whole = asyncio.create_task(file_checksum(state.job.path))
+        return await state.whole
 
     def _count_nack(self, state: _FileState, index: int) -> None:
         count = state.nacks[index] = state.nacks.get(index, 0) + 1
@@ -906,15 +965,16 @@ def _metadata(job: FileJob, resume_id: str, *, overwrite: bool = False) -> dict[
     return metadata
 
 
-PIECE = 2**20  # bytes handed to the HTTP stack at a time
 PATCH_RTTS = 8  # a PATCH should take this many round trips to send (see TusOptions)
 
 
-async def _pieces(views: list[memoryview]) -> AsyncIterator[bytes]:
-    """A request body from chunk buffers, a MiB at a time (memoryviews: no copy here)."""
-    for view in views:
-        for start in range(0, len(view), PIECE):
-            yield view[start : start + PIECE]  # type: ignore[misc]  # h11 takes any buffer
+def _hash_chunk(state: _FileState, index: int, buffer: bytes | bytearray | memoryview) -> str:
+    """A chunk's checksum; also feeds the whole-file hash when the chunk is the next in order
+    (run in a worker thread, off the event loop)."""
+    if state.hasher is not None and index == state.hashed:
+        state.hasher.update(buffer)
+        state.hashed += 1
+    return chunk_checksum(buffer)
 
 
 def _offset(response: httpx.Response, url: str) -> int:

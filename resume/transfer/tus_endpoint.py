@@ -540,6 +540,8 @@ class TusEndpoint:
                 return tus.mismatch_reply(reception.offset, append.offset, dialect)
             if reception.offset != append.offset:  # an earlier owner's bytes became durable
                 return tus.mismatch_reply(reception.offset, append.offset, dialect)
+            if append.digest is not None:  # recorded first: a crash later still checks it
+                await self._record_digest(upload, append.digest)
             return await self.append(upload, owner, epoch, append, body) or tus.appended_reply(
                 self.view(upload), dialect
             )
@@ -768,6 +770,12 @@ class TusEndpoint:
             upload.kick()
         completed.clear()
 
+    async def _record_digest(self, upload: Upload, digest: str) -> None:
+        http = upload.http
+        merged = tus.merge_digests(http.digest if http else None, digest)
+        await asyncio.to_thread(self.uploads.repo.set_digest, upload.file_id, upload.fence, merged)
+        upload.http = await asyncio.to_thread(self.uploads.repo.http, upload.file_id)
+
     async def _record_size(self, upload: Upload, geometry: Geometry) -> None:
         await asyncio.to_thread(
             self.uploads.repo.declare_size, upload.file_id, upload.fence, geometry.size
@@ -787,9 +795,11 @@ class TusEndpoint:
             upload.hasher_valid = True
         else:
             upload.hasher_valid = False
+        http = upload.http
+        claimed = tus.file_checksum(http.digest) if http is not None else None
         async with upload.io:
             try:
-                verdict = await upload.finish(epoch, None)
+                verdict = await upload.finish(epoch, claimed)
             except Refused as refusal:
                 return _refusal_reply(refusal, dialect)
             if verdict.outcome is FinishOutcome.FENCED:
@@ -818,14 +828,18 @@ class TusEndpoint:
         return None
 
     def _digest_check(self, upload: Upload) -> Any:
+        """The read-back check of a sha-256/sha-512 ``Repr-Digest`` (None if there is none:
+        an xxh3-128 one is the machine's own whole-file check, in ``finish``)."""
         http = upload.http
         if http is None or not http.digest:
             return None
         header = http.digest
         path = upload.partial.path
+        algorithms = tus.digest_algorithms(header)
+        if not algorithms:
+            return None
 
         def check() -> str | None:
-            algorithms = tus.digest_algorithms(header)
             hashers = {a: tus.body_checksum(a) for a in algorithms}
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:

@@ -1,0 +1,186 @@
+"""Upload request bodies straight from the file: h11 frames the request, the kernel sends it.
+
+httpx sends a body from Python buffers: each piece is joined into a new ``bytes`` by h11 and
+then copied into the socket by the kernel. For a tus ``PATCH`` of a range of a local file that
+is two copies per byte the client does not need: :class:`BulkConnection` writes the request
+head that h11 makes and then hands the range to ``loop.sendfile`` (``sendfile(2)``: the kernel
+sends from the page cache). h11 still keeps the request's state: it is given the body as a
+``Data`` event carrying the caller's buffer of the same bytes (already read to be hashed), in
+passthrough mode, so nothing is copied to do so, and it parses the response.
+
+Used by :meth:`resume.net.http.HttpClient.send_file` for plain ``http://`` without a proxy;
+everything else (TLS, proxies) goes through httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import h11
+import httpx
+
+from resume.errors import AckTimeout, ConnectError, ConnectionLost, ConnectTimeout, ProtocolError
+
+READ_SIZE = 64 * 1024
+SEGMENT = 4 * 2**20  # body bytes per sendfile call (each has the write timeout)
+
+
+class BulkConnection:
+    """One keep-alive HTTP/1.1 connection to ``host:port`` for requests with file bodies."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.conn = h11.Connection(our_role=h11.CLIENT)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    @property
+    def reusable(self) -> bool:
+        return self.writer is not None and not self.writer.is_closing()
+
+    async def connect(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        except TimeoutError:
+            raise ConnectTimeout(f"timed out connecting to {self.host}:{self.port}") from None
+        except OSError as exc:
+            raise ConnectError(f"cannot connect: {exc.strerror or exc}") from exc
+
+    async def send_file(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        file: BinaryIO,
+        offset: int,
+        body: Sequence[memoryview],
+        timeout: float,
+    ) -> httpx.Response:
+        """Send ``method url`` with the file's bytes ``[offset, offset + len(body))`` as the
+        body (``body``: the same bytes in memory, for h11's bookkeeping only); the response."""
+        assert self.writer is not None and self.reader is not None
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        count = sum(len(view) for view in body)
+        request = h11.Request(
+            method=method,
+            target=target,
+            headers=[("Host", parts.netloc), *headers.items(), ("Content-Length", str(count))],
+        )
+        try:
+            self.writer.write(self.conn.send(request) or b"")
+            for view in body:  # h11 counts the body; passthrough: the views are not copied
+                self.conn.send_with_data_passthrough(h11.Data(data=view))
+            loop = asyncio.get_running_loop()
+            done = 0
+            while done < count:  # in segments: the timeout is per segment, like httpx's writes
+                size = min(SEGMENT, count - done)
+                async with asyncio.timeout(timeout):
+                    sent = await loop.sendfile(self.writer.transport, file, offset + done, size)
+                if sent != size:  # the file is shorter than it was: the caller notices
+                    raise ConnectionLost(f"sent {done + sent} of {count} body bytes")
+                done += size
+            self.writer.write(self.conn.send(h11.EndOfMessage()) or b"")
+            async with asyncio.timeout(timeout):
+                return await self._response()
+        except TimeoutError:
+            self.close()
+            raise AckTimeout("the server sent no response in time") from None
+        except (OSError, EOFError) as exc:
+            self.close()
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        except h11.ProtocolError as exc:
+            self.close()
+            raise ProtocolError(f"invalid HTTP from the server: {exc}") from exc
+
+    async def _response(self) -> httpx.Response:
+        assert self.reader is not None
+        head: h11.Response | None = None
+        content = bytearray()
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.reader.read(READ_SIZE)
+                if not data:
+                    self.conn.receive_data(b"")
+                    continue
+                self.conn.receive_data(data)
+            elif isinstance(event, h11.InformationalResponse):
+                continue
+            elif isinstance(event, h11.Response):
+                head = event
+            elif isinstance(event, h11.Data):
+                content += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise EOFError("the server closed the connection")
+            else:  # PAUSED: cannot happen for a client waiting for one response
+                raise EOFError(f"unexpected {event!r}")
+        assert head is not None
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        else:
+            self.close()
+        return httpx.Response(
+            head.status_code,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
+            content=bytes(content),
+        )
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class BulkSender:
+    """Idle :class:`BulkConnection` s per ``host:port``, taken by one request at a time."""
+
+    def __init__(self, connect_timeout: float, response_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self._idle: dict[tuple[str, int], list[BulkConnection]] = {}
+
+    async def send_file(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        file: BinaryIO,
+        offset: int,
+        body: Sequence[memoryview],
+    ) -> httpx.Response:
+        """One request on an idle connection (or a new one) to the URL's host."""
+        parts = urlsplit(url)
+        key = (parts.hostname or "127.0.0.1", parts.port or 80)
+        idle = self._idle.setdefault(key, [])
+        connection = idle.pop() if idle else None
+        if connection is None or not connection.reusable:
+            connection = BulkConnection(*key)
+            await connection.connect(self.connect_timeout)
+        try:
+            response = await connection.send_file(
+                method, url, headers, file, offset, body, self.response_timeout
+            )
+        except BaseException:
+            connection.close()
+            raise
+        if connection.reusable:
+            idle.append(connection)
+        return response
+
+    async def aclose(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports close
+
+
+__all__ = ["BulkConnection", "BulkSender"]
