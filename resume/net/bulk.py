@@ -15,6 +15,7 @@ everything else (TLS, proxies) goes through httpx.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ class BulkConnection:
         self.conn = h11.Connection(our_role=h11.CLIENT)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.body_sent = 0.0  # when the last request's body was handed to the kernel
 
     @property
     def reusable(self) -> bool:
@@ -86,6 +88,7 @@ class BulkConnection:
                     raise ConnectionLost(f"sent {done + sent} of {count} body bytes")
                 done += size
             self.writer.write(self.conn.send(h11.EndOfMessage()) or b"")
+            self.body_sent = time.monotonic()
             async with asyncio.timeout(timeout):
                 return await self._response()
         except TimeoutError:
@@ -146,6 +149,7 @@ class BulkSender:
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
         self._idle: dict[tuple[str, int], list[BulkConnection]] = {}
+        self.body_sent = 0.0  # when the last request's body was handed to the kernel
 
     async def send_file(
         self,
@@ -171,6 +175,7 @@ class BulkSender:
         except BaseException:
             connection.close()
             raise
+        self.body_sent = connection.body_sent
         if connection.reusable:
             idle.append(connection)
         return response

@@ -121,6 +121,9 @@ class HttpClient:
         self._tls: httpx.AsyncClient | None = None
         self._headers = dict(settings["headers"])  # type: ignore[call-overload]
         self._bulk: BulkSender | None = None
+        # When the body of the last send_file was all handed over: the time from then to the
+        # response is what a client waits per request (a round trip and the server's fsync).
+        self.body_sent = 0.0
         self._timeouts = (connect_timeout, response_timeout)
 
     def _client_for(self, url: str) -> httpx.AsyncClient:
@@ -164,10 +167,19 @@ class HttpClient:
         if self._plain is not None and url[:7].lower() == "http://":
             if self._bulk is None:
                 self._bulk = BulkSender(*self._timeouts)
-            return await self._bulk.send_file(
+            response = await self._bulk.send_file(
                 method, url, {**self._headers, **headers}, file, offset, body
             )
-        return await self.request(method, url, headers=headers, content=_pieces(body))
+            self.body_sent = self._bulk.body_sent
+            return response
+        return await self.request(method, url, headers=headers, content=self._pieces(body))
+
+    async def _pieces(self, views: Sequence[memoryview]) -> AsyncIterator[bytes]:
+        """A body made of buffers, in pieces (no copy is made here); notes when the last
+        piece was taken."""
+        async for piece in _pieces(views):
+            yield piece
+        self.body_sent = time.monotonic()
 
     async def aclose(self) -> None:
         for client in (self._plain, self._tls):

@@ -179,8 +179,8 @@ class TusUploader:
         self._retry: RetryLoop | None = None
         self._resyncs = 0
         self._warned_no_concat = False
-        self._rtt: float | None = None  # the quickest small request so far, in seconds
-        self._rate: float | None = None  # bytes per second of the last PATCH
+        self._rtt: float | None = None  # seconds, the quickest HEAD so far
+        self._rate: float | None = None  # bytes per second the last PATCH's body went
 
     def stop(self) -> None:
         """Ask the run to stop after the PATCH requests in flight, then raise Interrupted."""
@@ -318,16 +318,12 @@ class TusUploader:
         headers: dict[str, str] | None = None,
         body: bytes | AsyncIterator[bytes] | None = None,
     ) -> httpx.Response:
-        started = time.monotonic()
-        response = await self._http_client.request(method, url, headers=headers, content=body)
-        if body is None:  # a request without a body: about one round trip
-            elapsed = time.monotonic() - started
-            self._rtt = elapsed if self._rtt is None else min(self._rtt, elapsed)
-        return response
+        return await self._http_client.request(method, url, headers=headers, content=body)
 
     def _chunks_per_patch(self, chunk_size: int) -> int:
-        """How many chunks the next PATCH carries: ``chunks_per_patch``, more on a long link
-        (enough that sending one takes PATCH_RTTS round trips at the last PATCH's rate)."""
+        """How many chunks the next PATCH carries: ``chunks_per_patch``, more on a long link:
+        enough that sending one takes PATCH_RTTS round trips at the rate the last PATCH's body
+        went (the round trip: a HEAD on a warm connection, see :meth:`_measure_rtt`)."""
         least = max(1, self.tus.chunks_per_patch)
         if self._rtt is None or self._rate is None:
             return least
@@ -392,9 +388,12 @@ class TusUploader:
         return urljoin(self.url, location), offset
 
     async def _head(self, part: _Part) -> int:
-        """Ask the server how much of ``part`` it holds."""
+        """Ask the server how much of ``part`` it holds (and time it: a round trip)."""
         assert part.url is not None
+        started = time.monotonic()
         response = await self._request("HEAD", part.url)
+        elapsed = time.monotonic() - started
+        self._rtt = elapsed if self._rtt is None else min(self._rtt, elapsed)
         if not response.is_success:
             raise self._error(response, f"the upload {part.url}")
         offset = _offset(response, part.url)
@@ -659,6 +658,8 @@ class TusUploader:
         next request's chunks are read and prepared while the current one is on its way."""
         assert part.url is not None
         ledger = state.ledger
+        if self._rtt is None and part.length - part.offset > 2 * per_patch_bytes(self, ledger):
+            await self._head(part)  # the round trip, on a warm connection: PATCH sizes
         if self._verifies(state) and state.hasher is None and state.whole is None:
             if part.offset == 0:
                 state.hasher = xxhash.xxh3_128()
@@ -751,10 +752,10 @@ class TusUploader:
         started = time.monotonic()
         # The body goes from the file (sendfile where it can); the buffers read to hash it are
         # the same bytes, for h11's count or for httpx.
-        response = await self._http_client.send_file(
-            "PATCH", part.url, headers, source.file(), position, views
-        )
-        self._rate = length / max(time.monotonic() - started, 1e-6)
+        http = self._http_client
+        response = await http.send_file("PATCH", part.url, headers, source.file(), position, views)
+        if http.body_sent > started:
+            self._rate = length / max(http.body_sent - started, 1e-6)
         # A file changed while it was being sent may have sent bytes other than those hashed.
         state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
         state.result.bytes_sent += length
@@ -966,6 +967,11 @@ def _metadata(job: FileJob, resume_id: str, *, overwrite: bool = False) -> dict[
 
 
 PATCH_RTTS = 8  # a PATCH should take this many round trips to send (see TusOptions)
+
+
+def per_patch_bytes(uploader: TusUploader, ledger: Ledger) -> int:
+    """The bytes of a PATCH before it grows."""
+    return max(1, uploader.tus.chunks_per_patch) * ledger.chunk_size
 
 
 def _hash_chunk(state: _FileState, index: int, buffer: bytes | bytearray | memoryview) -> str:
