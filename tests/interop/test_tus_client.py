@@ -286,7 +286,7 @@ def test_a_small_file_travels_in_the_creating_post(hostile, tmp_path: Path) -> N
 
 def test_409_asks_for_the_offset_and_continues(hostile, tmp_path: Path) -> None:
     """409: HEAD, then continue from the server's offset; nothing is sent twice (6 chunks go
-    in two PATCHes of up to four)."""
+    in two PATCHes of four, or in one when the HEADs' round trip grew the PATCH size)."""
     server = hostile({"conflict": 2})
     source = make_file(tmp_path / "data.bin", 5 * CHUNK + 17)
     db = tmp_path / "client.db"
@@ -301,7 +301,7 @@ def test_409_asks_for_the_offset_and_continues(hostile, tmp_path: Path) -> None:
         ("PATCH", 409),
         ("HEAD", 200),
     ]
-    assert seen.count(("PATCH", 204)) == 2
+    assert 1 <= seen.count(("PATCH", 204)) <= 2
     hostile_upload_is_identical(server, tmp_path, db, source)
 
 
