@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
@@ -27,6 +28,20 @@ from resume.errors import AckTimeout, ConnectError, ConnectionLost, ConnectTimeo
 
 READ_SIZE = 64 * 1024
 SEGMENT = 4 * 2**20  # body bytes per sendfile call (each has the write timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class FileBody:
+    """A request body that is ``file``'s bytes from ``offset`` on; ``views`` hold the same
+    bytes in memory (read to be hashed), as many as the body is long."""
+
+    file: BinaryIO
+    offset: int
+    views: Sequence[memoryview]
+
+    @property
+    def length(self) -> int:
+        return sum(len(view) for view in self.views)
 
 
 class BulkConnection:
@@ -54,21 +69,14 @@ class BulkConnection:
             raise ConnectError(f"cannot connect: {exc.strerror or exc}") from exc
 
     async def send_file(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        file: BinaryIO,
-        offset: int,
-        body: Sequence[memoryview],
-        timeout: float,
+        self, method: str, url: str, headers: Mapping[str, str], body: FileBody, timeout: float
     ) -> httpx.Response:
-        """Send ``method url`` with the file's bytes ``[offset, offset + len(body))`` as the
-        body (``body``: the same bytes in memory, for h11's bookkeeping only); the response."""
+        """Send ``method url`` with ``body`` (its views serve h11's count only); the
+        response."""
         assert self.writer is not None and self.reader is not None
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        count = sum(len(view) for view in body)
+        count, file, offset = body.length, body.file, body.offset
         request = h11.Request(
             method=method,
             target=target,
@@ -76,7 +84,7 @@ class BulkConnection:
         )
         try:
             self.writer.write(self.conn.send(request) or b"")
-            for view in body:  # h11 counts the body; passthrough: the views are not copied
+            for view in body.views:  # h11 counts the body; passthrough: no copy is made
                 self.conn.send_with_data_passthrough(h11.Data(data=view))
             loop = asyncio.get_running_loop()
             done = 0
@@ -152,13 +160,7 @@ class BulkSender:
         self.body_sent = 0.0  # when the last request's body was handed to the kernel
 
     async def send_file(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        file: BinaryIO,
-        offset: int,
-        body: Sequence[memoryview],
+        self, method: str, url: str, headers: Mapping[str, str], body: FileBody
     ) -> httpx.Response:
         """One request on an idle connection (or a new one) to the URL's host."""
         parts = urlsplit(url)
@@ -169,9 +171,7 @@ class BulkSender:
             connection = BulkConnection(*key)
             await connection.connect(self.connect_timeout)
         try:
-            response = await connection.send_file(
-                method, url, headers, file, offset, body, self.response_timeout
-            )
+            response = await connection.send_file(method, url, headers, body, self.response_timeout)
         except BaseException:
             connection.close()
             raise
@@ -188,4 +188,4 @@ class BulkSender:
         await asyncio.sleep(0)  # let the transports close
 
 
-__all__ = ["BulkConnection", "BulkSender"]
+__all__ = ["BulkConnection", "BulkSender", "FileBody"]

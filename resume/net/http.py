@@ -14,7 +14,7 @@ import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import httpx
 
@@ -33,7 +33,7 @@ from resume.errors import (
     classify,
 )
 from resume.net.backoff import Backoff
-from resume.net.bulk import BulkSender
+from resume.net.bulk import BulkSender, FileBody
 from resume.net.connector import ConnectionEvent
 
 T = TypeVar("T")
@@ -153,26 +153,18 @@ class HttpClient:
             raise error from exc
 
     async def send_file(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        file: BinaryIO,
-        offset: int,
-        body: Sequence[memoryview],
+        self, method: str, url: str, headers: Mapping[str, str], body: FileBody
     ) -> httpx.Response:
-        """Send a request whose body is the file's bytes ``[offset, offset + len(body))``;
-        ``body`` holds the same bytes in memory. Plain ``http://`` without a proxy: the kernel
-        sends them from the file (:mod:`resume.net.bulk`); otherwise httpx sends ``body``."""
+        """Send a request whose body is a range of a file. Plain ``http://`` without a proxy:
+        the kernel sends it from the file (:mod:`resume.net.bulk`); otherwise httpx sends the
+        body's views."""
         if self._plain is not None and url[:7].lower() == "http://":
             if self._bulk is None:
                 self._bulk = BulkSender(*self._timeouts)
-            response = await self._bulk.send_file(
-                method, url, {**self._headers, **headers}, file, offset, body
-            )
+            response = await self._bulk.send_file(method, url, {**self._headers, **headers}, body)
             self.body_sent = self._bulk.body_sent
             return response
-        return await self.request(method, url, headers=headers, content=self._pieces(body))
+        return await self.request(method, url, headers=headers, content=self._pieces(body.views))
 
     async def _pieces(self, views: Sequence[memoryview]) -> AsyncIterator[bytes]:
         """A body made of buffers, in pieces (no copy is made here); notes when the last

@@ -45,6 +45,7 @@ from resume.errors import (
     Verdict,
     classify,
 )
+from resume.net.bulk import FileBody
 from resume.net.connector import ConnectOptions
 from resume.net.http import HttpClient, RetryLoop
 from resume.protocol import tus
@@ -753,7 +754,8 @@ class TusUploader:
         # The body goes from the file (sendfile where it can); the buffers read to hash it are
         # the same bytes, for h11's count or for httpx.
         http = self._http_client
-        response = await http.send_file("PATCH", part.url, headers, source.file(), position, views)
+        body = FileBody(source.file(), position, views)
+        response = await http.send_file("PATCH", part.url, headers, body)
         if http.body_sent > started:
             self._rate = length / max(http.body_sent - started, 1e-6)
         # A file changed while it was being sent may have sent bytes other than those hashed.

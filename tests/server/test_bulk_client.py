@@ -71,9 +71,7 @@ async def test_patches_go_from_the_file_on_one_kept_alive_connection(
                     "PATCH",
                     location,
                     {**PATCH, "Upload-Offset": str(start)},
-                    file,
-                    start,
-                    views_of(data, start, end),
+                    bulk.FileBody(file, start, views_of(data, start, end)),
                 )
                 assert response.status_code == 204, response.text
                 assert response.headers["Upload-Offset"] == str(end)
@@ -99,8 +97,8 @@ async def test_a_file_shorter_than_the_body_is_a_lost_connection_not_a_hang(
             with pytest.raises(ConnectionLost):
                 await asyncio.wait_for(
                     http.send_file(
-                        "PATCH", location, {**PATCH, "Upload-Offset": "0"}, file, 0,
-                        views_of(data, 0, len(data)),
+                        "PATCH", location, {**PATCH, "Upload-Offset": "0"},
+                        bulk.FileBody(file, 0, views_of(data, 0, len(data))),
                     ),
                     10,
                 )  # fmt: skip
@@ -141,7 +139,9 @@ async def test_a_server_that_hangs_up_is_a_lost_connection(rude, tmp_path: Path)
     with source.open("rb", buffering=0) as file:
         async with HttpClient() as http:
             with pytest.raises(ConnectionLost):
-                await http.send_file("PATCH", url, PATCH, file, 0, views_of(data, 0, MiB))
+                await http.send_file(
+                    "PATCH", url, PATCH, bulk.FileBody(file, 0, views_of(data, 0, MiB))
+                )
             assert not any(http._bulk._idle.values())  # type: ignore[union-attr]
 
 
@@ -154,7 +154,9 @@ async def test_a_server_that_never_answers_is_an_ack_timeout(rude, tmp_path: Pat
     with source.open("rb", buffering=0) as file:
         async with HttpClient(response_timeout=0.5) as http:
             with pytest.raises(AckTimeout):
-                await http.send_file("PATCH", url, PATCH, file, 0, views_of(data, 0, MiB))
+                await http.send_file(
+                    "PATCH", url, PATCH, bulk.FileBody(file, 0, views_of(data, 0, MiB))
+                )
 
 
 async def test_tls_and_proxies_go_through_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,11 +168,11 @@ async def test_tls_and_proxies_go_through_httpx(monkeypatch: pytest.MonkeyPatch)
         return httpx.Response(204)
 
     monkeypatch.setattr(HttpClient, "request", fake_request)
-    assert bulk.BulkSender  # the module is there; it must not be used below
+    body = bulk.FileBody(None, 0, [memoryview(b"x")])  # type: ignore[arg-type]  # not read
     async with HttpClient(use_env_proxy=True) as http:
-        await http.send_file("PATCH", "http://127.0.0.1:1/f", {}, None, 0, [memoryview(b"x")])  # type: ignore[arg-type]
+        await http.send_file("PATCH", "http://127.0.0.1:1/f", {}, body)
         assert http._bulk is None
     async with HttpClient() as http:
-        await http.send_file("PATCH", "https://127.0.0.1:1/f", {}, None, 0, [memoryview(b"x")])  # type: ignore[arg-type]
+        await http.send_file("PATCH", "https://127.0.0.1:1/f", {}, body)
         assert http._bulk is None
     assert used == ["http://127.0.0.1:1/f", "https://127.0.0.1:1/f"]
