@@ -1,4 +1,5 @@
-"""Small ASGI helpers: read a request's head and body, send a reply. No HTTP parsing here.
+"""Small ASGI helpers: read a request's head, send a reply. No HTTP parsing here (bodies:
+:mod:`resume.direct_body`).
 
 uvicorn (or any ASGI server) parses HTTP; these only move its events into plain values and
 back, so the HTTP routes (:mod:`resume.ops`, the tus endpoint) stay free of ASGI details.
@@ -6,7 +7,7 @@ back, so the HTTP routes (:mod:`resume.ops`, the tus endpoint) stay free of ASGI
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,19 +87,6 @@ class HttpRequest:
         return f"{self.scheme}://{self.host}{self.root_path}{path}"
 
 
-async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives; raises :class:`Disconnected` if the client goes away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Disconnected("the client closed the connection")
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
 async def respond(
     send: Send,
     status: int,
@@ -123,6 +111,5 @@ __all__ = [
     "CLIENT_CERTIFICATE",
     "Disconnected",
     "HttpRequest",
-    "body_chunks",
     "respond",
 ]

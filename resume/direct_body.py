@@ -145,7 +145,6 @@ class _Takeover(asyncio.BufferedProtocol):
     def __init__(self, reader: BodyReader, target: memoryview) -> None:
         self.reader = reader
         self.http = reader._protocol
-        self.cycle = reader._cycle
         self.h11_reader = self.http.conn._reader
         self.target = target
         self.filled = 0

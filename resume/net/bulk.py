@@ -116,11 +116,7 @@ class BulkConnection:
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
-                data = await self.reader.read(READ_SIZE)
-                if not data:
-                    self.conn.receive_data(b"")
-                    continue
-                self.conn.receive_data(data)
+                self.conn.receive_data(await self.reader.read(READ_SIZE))  # b"": the end
             elif isinstance(event, h11.InformationalResponse):
                 continue
             elif isinstance(event, h11.Response):

@@ -37,6 +37,7 @@ from resume.net.bulk import BulkSender, FileBody
 from resume.net.connector import ConnectionEvent
 
 T = TypeVar("T")
+PIECE = 2**20  # bytes handed to httpx at a time
 log = logging.getLogger("resume.http")
 
 
@@ -126,8 +127,12 @@ class HttpClient:
         self.body_sent = 0.0
         self._timeouts = (connect_timeout, response_timeout)
 
+    def _plain_http(self, url: str) -> bool:
+        """Whether ``url`` is plain ``http://`` with no proxy in the way (no TLS anywhere)."""
+        return self._plain is not None and url[:7].lower() == "http://"
+
     def _client_for(self, url: str) -> httpx.AsyncClient:
-        if self._plain is not None and url[:7].lower() == "http://":
+        if self._plain is not None and self._plain_http(url):
             return self._plain
         if self._tls is None:
             self._tls = httpx.AsyncClient(**self._settings, verify=self._verify)  # type: ignore[arg-type]
@@ -158,7 +163,7 @@ class HttpClient:
         """Send a request whose body is a range of a file. Plain ``http://`` without a proxy:
         the kernel sends it from the file (:mod:`resume.net.bulk`); otherwise httpx sends the
         body's views."""
-        if self._plain is not None and url[:7].lower() == "http://":
+        if self._plain_http(url):
             if self._bulk is None:
                 self._bulk = BulkSender(*self._timeouts)
             response = await self._bulk.send_file(method, url, {**self._headers, **headers}, body)
@@ -169,8 +174,9 @@ class HttpClient:
     async def _pieces(self, views: Sequence[memoryview]) -> AsyncIterator[bytes]:
         """A body made of buffers, in pieces (no copy is made here); notes when the last
         piece was taken."""
-        async for piece in _pieces(views):
-            yield piece
+        for view in views:
+            for start in range(0, len(view), PIECE):
+                yield view[start : start + PIECE]  # type: ignore[misc]  # h11 takes any buffer
         self.body_sent = time.monotonic()
 
     async def aclose(self) -> None:
@@ -185,16 +191,6 @@ class HttpClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-PIECE = 2**20  # bytes handed to httpx at a time
-
-
-async def _pieces(views: Sequence[memoryview]) -> AsyncIterator[bytes]:
-    """A body made of buffers, in pieces (no copy is made here)."""
-    for view in views:
-        for start in range(0, len(view), PIECE):
-            yield view[start : start + PIECE]  # type: ignore[misc]  # h11 takes any buffer
 
 
 class RetryLoop:

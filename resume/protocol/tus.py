@@ -236,9 +236,14 @@ def patch_headers(
     if checksum:
         headers["Upload-Checksum"] = checksum
     if file_checksum:
-        encoded = base64.b64encode(bytes.fromhex(file_checksum)).decode("ascii")
-        headers["Repr-Digest"] = f"{FILE_DIGEST}=:{encoded}:"
+        headers["Repr-Digest"] = file_digest_header(file_checksum)
     return headers
+
+
+def file_digest_header(file_checksum: str) -> str:
+    """``Repr-Digest`` naming the whole file's xxh3-128 (hex, as resume writes it)."""
+    encoded = base64.b64encode(bytes.fromhex(file_checksum)).decode("ascii")
+    return f"{FILE_DIGEST}=:{encoded}:"
 
 
 # -- what a server answers -------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 
 from resume.protocol.tus import (
     CHECKSUM_FAILED,
+    FILE_DIGEST,
     OFFSET_CONTENT_TYPE,
     TUS_VERSION,
     TusProtocolError,
@@ -51,8 +52,7 @@ DIGESTS = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 # client names it in ``Repr-Digest`` (on the creation or on any PATCH; the last one counts) and
 # the file is published only if it matches, as over WebSocket. Offered in OPTIONS with
 # ``Want-Repr-Digest`` (RFC 9530).
-FILE_DIGEST = "xxh3-128"
-FILE_DIGEST_BYTES = 16
+FILE_DIGEST_BYTES = 16  # FILE_DIGEST (resume.protocol.tus) is xxh3-128
 EXTENSIONS = (
     "creation",
     "creation-with-upload",
@@ -580,7 +580,7 @@ def digest_algorithms(header: str) -> list[str]:
     return [] if isinstance(parsed, Reply) else [a for a, _ in parsed if a in DIGESTS]
 
 
-def file_checksum(header: str | None) -> str | None:
+def claimed_file_checksum(header: str | None) -> str | None:
     """The :data:`FILE_DIGEST` member of a ``Repr-Digest`` header, as the hex digits resume's
     whole-file checksum is written in; None if it has none."""
     parsed = _digest(header) if header else []

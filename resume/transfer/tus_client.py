@@ -324,7 +324,7 @@ class TusUploader:
     def _chunks_per_patch(self, chunk_size: int) -> int:
         """How many chunks the next PATCH carries: ``chunks_per_patch``, more on a long link:
         enough that sending one takes PATCH_RTTS round trips at the rate the last PATCH's body
-        went (the round trip: a HEAD on a warm connection, see :meth:`_measure_rtt`)."""
+        went (the round trip: the quickest HEAD so far, on a warm connection: :meth:`_head`)."""
         least = max(1, self.tus.chunks_per_patch)
         if self._rtt is None or self._rate is None:
             return least
@@ -376,7 +376,7 @@ class TusUploader:
             length, metadata, partial=partial, with_body=body is not None
         )
         if whole is not None:
-            headers["Repr-Digest"] = tus.patch_headers(0, None, whole)["Repr-Digest"]
+            headers["Repr-Digest"] = tus.file_digest_header(whole)
         response = await self._request("POST", self.url, headers, body)
         if not response.is_success:
             raise self._error(response, f"creating an upload at {self.url}", creating=True)
@@ -659,7 +659,8 @@ class TusUploader:
         next request's chunks are read and prepared while the current one is on its way."""
         assert part.url is not None
         ledger = state.ledger
-        if self._rtt is None and part.length - part.offset > 2 * per_patch_bytes(self, ledger):
+        unmeasured_patch = self._chunks_per_patch(ledger.chunk_size) * ledger.chunk_size
+        if self._rtt is None and part.length - part.offset > 2 * unmeasured_patch:
             await self._head(part)  # the round trip, on a warm connection: PATCH sizes
         if self._verifies(state) and state.hasher is None and state.whole is None:
             if part.offset == 0:
@@ -969,11 +970,6 @@ def _metadata(job: FileJob, resume_id: str, *, overwrite: bool = False) -> dict[
 
 
 PATCH_RTTS = 8  # a PATCH should take this many round trips to send (see TusOptions)
-
-
-def per_patch_bytes(uploader: TusUploader, ledger: Ledger) -> int:
-    """The bytes of a PATCH before it grows."""
-    return max(1, uploader.tus.chunks_per_patch) * ledger.chunk_size
 
 
 def _hash_chunk(state: _FileState, index: int, buffer: bytes | bytearray | memoryview) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -772,9 +773,11 @@ class TusEndpoint:
 
     async def _record_digest(self, upload: Upload, digest: str) -> None:
         http = upload.http
-        merged = tus.merge_digests(http.digest if http else None, digest)
+        if http is None:  # not an HTTP upload: there is no row to keep a digest in
+            return
+        merged = tus.merge_digests(http.digest, digest)
         await asyncio.to_thread(self.uploads.repo.set_digest, upload.file_id, upload.fence, merged)
-        upload.http = await asyncio.to_thread(self.uploads.repo.http, upload.file_id)
+        upload.http = dataclasses.replace(http, digest=merged)
 
     async def _record_size(self, upload: Upload, geometry: Geometry) -> None:
         await asyncio.to_thread(
@@ -796,7 +799,7 @@ class TusEndpoint:
         else:
             upload.hasher_valid = False
         http = upload.http
-        claimed = tus.file_checksum(http.digest) if http is not None else None
+        claimed = tus.claimed_file_checksum(http.digest) if http is not None else None
         async with upload.io:
             try:
                 verdict = await upload.finish(epoch, claimed)
@@ -1099,10 +1102,6 @@ async def _stream_file(
         position += len(block)
         await send({"type": "http.response.body", "body": block, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
-
-
-def _size_of(path: os.PathLike[str]) -> int:
-    return os.stat(path, follow_symlinks=False).st_size
 
 
 def _missing(upload: Upload, dialect: Dialect) -> Reply | None:
