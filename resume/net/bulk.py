@@ -105,9 +105,12 @@ class BulkConnection:
         except (OSError, EOFError) as exc:
             self.close()
             raise ConnectionLost(f"connection lost: {exc}") from exc
-        except h11.ProtocolError as exc:
+        except h11.RemoteProtocolError as exc:  # e.g. closed in the middle of the response
             self.close()
-            raise ProtocolError(f"invalid HTTP from the server: {exc}") from exc
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        except h11.LocalProtocolError as exc:
+            self.close()
+            raise ProtocolError(f"invalid HTTP request: {exc}") from exc
 
     async def _response(self) -> httpx.Response:
         assert self.reader is not None

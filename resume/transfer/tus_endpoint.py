@@ -1024,7 +1024,11 @@ class TusEndpoint:
         try:
             await self._release_owner(upload, owner, epoch)
             reception = upload.reception
-            if reception is not None and reception.phase is Phase.RECEIVING:
+            # Several nodes: another node may advance the upload before the next request, so
+            # its state is loaded from the store every time (a node that kept it would answer
+            # HEAD and PATCH with a stale offset).
+            lone_node = self.uploads.lease is None
+            if lone_node and reception is not None and reception.phase is Phase.RECEIVING:
                 self._linger(upload)
         finally:
             await self.uploads.release(upload)

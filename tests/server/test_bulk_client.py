@@ -113,15 +113,22 @@ async def test_a_file_shorter_than_the_body_is_a_lost_connection_not_a_hang(
 
 @pytest.fixture
 async def rude() -> AsyncIterator[tuple[str, list[str]]]:
-    """Reads a request head and then: 'close' the connection, or 'stall' (read, never
-    answer)."""
+    """Reads a request head and then: 'close' the connection, 'stall' (read, never answer),
+    or 'half' (read the body, start a response and close in its middle)."""
     mode = ["close"]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
         if mode[0] == "stall":
             while await reader.read(2**16):
                 pass
+            return
+        if mode[0] == "half":
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 204 No Content\r\nUpload-Off")
+            await writer.drain()
+            writer.close()
             return
         writer.transport.abort()
 
@@ -143,6 +150,22 @@ async def test_a_server_that_hangs_up_is_a_lost_connection(rude, tmp_path: Path)
                     "PATCH", url, PATCH, bulk.FileBody(file, 0, views_of(data, 0, MiB))
                 )
             assert not any(http._bulk._idle.values())  # type: ignore[union-attr]
+
+
+async def test_a_response_cut_in_the_middle_is_a_lost_connection(rude, tmp_path: Path) -> None:
+    """Retryable, as over httpx: a server node that dies while answering is not a protocol
+    error that ends the run."""
+    url, mode = rude
+    mode[0] = "half"
+    source = tmp_path / "s.bin"
+    source.write_bytes(os.urandom(MiB))
+    data = source.read_bytes()
+    with source.open("rb", buffering=0) as file:
+        async with HttpClient() as http:
+            with pytest.raises(ConnectionLost):
+                await http.send_file(
+                    "PATCH", url, PATCH, bulk.FileBody(file, 0, views_of(data, 0, MiB))
+                )
 
 
 async def test_a_server_that_never_answers_is_an_ack_timeout(rude, tmp_path: Path) -> None:
