@@ -138,18 +138,21 @@ async def rude() -> AsyncIterator[tuple[str, list[str]]]:
     server.close()
 
 
-async def test_a_server_that_hangs_up_is_a_lost_connection(rude, tmp_path: Path) -> None:
-    url, _ = rude
+async def send_one_mib(url: str, tmp_path: Path, http: HttpClient) -> None:
+    """PATCH a 1 MiB file to ``url`` with ``http`` (raises what the request raises)."""
     source = tmp_path / "s.bin"
     source.write_bytes(os.urandom(MiB))
     data = source.read_bytes()
     with source.open("rb", buffering=0) as file:
-        async with HttpClient() as http:
-            with pytest.raises(ConnectionLost):
-                await http.send_file(
-                    "PATCH", url, PATCH, bulk.FileBody(file, 0, views_of(data, 0, MiB))
-                )
-            assert not any(http._bulk._idle.values())  # type: ignore[union-attr]
+        await http.send_file("PATCH", url, PATCH, bulk.FileBody(file, 0, views_of(data, 0, MiB)))
+
+
+async def test_a_server_that_hangs_up_is_a_lost_connection(rude, tmp_path: Path) -> None:
+    url, _ = rude
+    async with HttpClient() as http:
+        with pytest.raises(ConnectionLost):
+            await send_one_mib(url, tmp_path, http)
+        assert not any(http._bulk._idle.values())  # type: ignore[union-attr]
 
 
 async def test_a_response_cut_in_the_middle_is_a_lost_connection(rude, tmp_path: Path) -> None:
@@ -157,29 +160,17 @@ async def test_a_response_cut_in_the_middle_is_a_lost_connection(rude, tmp_path:
     error that ends the run."""
     url, mode = rude
     mode[0] = "half"
-    source = tmp_path / "s.bin"
-    source.write_bytes(os.urandom(MiB))
-    data = source.read_bytes()
-    with source.open("rb", buffering=0) as file:
-        async with HttpClient() as http:
-            with pytest.raises(ConnectionLost):
-                await http.send_file(
-                    "PATCH", url, PATCH, bulk.FileBody(file, 0, views_of(data, 0, MiB))
-                )
+    async with HttpClient() as http:
+        with pytest.raises(ConnectionLost):
+            await send_one_mib(url, tmp_path, http)
 
 
 async def test_a_server_that_never_answers_is_an_ack_timeout(rude, tmp_path: Path) -> None:
     url, mode = rude
     mode[0] = "stall"
-    source = tmp_path / "s.bin"
-    source.write_bytes(os.urandom(MiB))
-    data = source.read_bytes()
-    with source.open("rb", buffering=0) as file:
-        async with HttpClient(response_timeout=0.5) as http:
-            with pytest.raises(AckTimeout):
-                await http.send_file(
-                    "PATCH", url, PATCH, bulk.FileBody(file, 0, views_of(data, 0, MiB))
-                )
+    async with HttpClient(response_timeout=0.5) as http:
+        with pytest.raises(AckTimeout):
+            await send_one_mib(url, tmp_path, http)
 
 
 async def test_tls_and_proxies_go_through_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
