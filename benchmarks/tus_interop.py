@@ -103,7 +103,18 @@ def resume_ws(data: Path, ep: Endpoints, work: Path, chunk: int) -> float | None
     if ep.ws is None:
         return None
     db = client_store(work)
-    cmd = [sys.executable, "-m", "resume", "upload", str(data), ep.ws, "--db", str(db)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "resume",
+        "upload",
+        str(data),
+        ep.ws,
+        "--db",
+        str(db),
+        "--via",
+        "ws",
+    ]
     return timed([*cmd, "--no-progress", "--chunk-size", str(chunk)])
 
 

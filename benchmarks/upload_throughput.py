@@ -203,7 +203,7 @@ def bench_resume(data: Path, work: Path, chunk: str, window: int, http: bool = F
     try:
         seconds, rss, client_cpu, server_cpu = server.timed_client(
             [*resume_bin(), "upload", str(data), url, "--db", str(db), "--json",
-             "--chunk-size", chunk, "--window", str(window)]
+             "--chunk-size", chunk, "--window", str(window), "--via", "http" if http else "ws"]
         )  # fmt: skip
     finally:
         server_rss = server.stop()

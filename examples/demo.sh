@@ -25,6 +25,8 @@ echo "== 2. make a 256 MiB file"
 
 UPLOAD=("$RESUME" upload "$DEMO/data.bin" "$URL" --chunk-size 1MiB --window 2)
 echo "== 3. upload it, and press Ctrl-C (SIGINT) part way: ${UPLOAD[*]}"
+echo "   (a new file of 64 MiB or more goes over the server's HTTP endpoint, sent straight from"
+echo "   the file; smaller ones over WebSocket; --via ws|http picks one)"
 "${UPLOAD[@]}" --no-progress &
 UPLOADER=$!
 for _ in $(seq 200); do  # interrupt once a few chunks are committed

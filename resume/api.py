@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable
 
 from resume.store import Store, open_store
 from resume.transfer.plan import FileJob, Skipped, collect_jobs
-from resume.transfer.upload import FileResult, Uploader, UploadOptions, UploadProgress
+from resume.transfer.routed import Via, check_target, make_uploader
+from resume.transfer.upload import FileResult, UploadOptions, UploadProgress
 
 PathArg = str | os.PathLike[str]
 
@@ -23,8 +24,14 @@ async def upload(
     options: UploadOptions | None = None,
     progress: UploadProgress | None = None,
     on_skip: Callable[[Skipped], None] | None = None,
+    via: Via = "auto",
 ) -> list[FileResult]:
     """Upload files and directories to the `resume serve` at ``url``; resume any earlier run.
+
+    ``url``: ``ws://HOST:PORT`` of a `resume serve` (``via``: ``"auto"`` sends new files of 64
+    MiB or more over its HTTP endpoint when it verifies whole files there, the rest over
+    WebSocket; ``"ws"`` or ``"http"`` one way only), or any tus 1.0 server's
+    ``http(s)://HOST/files/``.
 
     ``paths``: one path or several (``str`` or ``os.PathLike``); directories are sent
     recursively under their own name, ``name`` renames a single file. The transfer state is
@@ -40,13 +47,14 @@ async def upload(
     :class:`resume.errors.RetryableError` when the server stayed unreachable past
     ``options.give_up_after``.
     """
+    check_target(url, via=via)
     given = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     jobs: list[FileJob] = collect_jobs(given, name=name, on_skip=on_skip)
     if store is not None:
-        return await Uploader(store, url, options, progress=progress).run(jobs)
+        return await make_uploader(store, url, options, via=via, progress=progress).run(jobs)
     opened = await asyncio.to_thread(open_store, db)
     try:
-        return await Uploader(opened, url, options, progress=progress).run(jobs)
+        return await make_uploader(opened, url, options, via=via, progress=progress).run(jobs)
     finally:
         opened.close()
 

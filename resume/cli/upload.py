@@ -28,8 +28,8 @@ from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 if TYPE_CHECKING:
     from resume.cli.progress import ProgressReporter
     from resume.transfer.plan import FileJob, Skipped
-    from resume.transfer.tus_client import TusUploader
-    from resume.transfer.upload import FileResult, Uploader, UploadOptions
+    from resume.transfer.routed import AnyUploader
+    from resume.transfer.upload import FileResult, UploadOptions
 
 # Heavy imports (websockets, the store) live inside the run functions, so that `resume --help`
 # and every other command start quickly.
@@ -81,11 +81,25 @@ def _add_upload(subparsers: argparse._SubParsersAction) -> None:
         help=f"chunks in flight at once (default {DEFAULT_WINDOW}); memory is about N x SIZE",
     )
     parser.add_argument(
+        "--via",
+        choices=("auto", "ws", "http"),
+        default="auto",
+        help=(
+            "how to reach a ws:// server: auto (default) sends new files of 64 MiB or more "
+            "over HTTP (POST/PATCH to its /files/, sent straight from the file; faster, less "
+            "CPU) when the server verifies whole files there, the rest over WebSocket; a "
+            "transfer an earlier run began continues the way it began"
+        ),
+    )
+    parser.add_argument(
         "--parallel",
         type=int,
         default=1,
         metavar="N",
-        help="tus servers that offer concatenation: send each file as N partial uploads at once",
+        help=(
+            "over HTTP, to servers that offer tus concatenation: send each file as N partial "
+            "uploads at once"
+        ),
     )
     parser.add_argument(
         "--name", metavar="NAME", help="remote name of a single file (default: its file name)"
@@ -207,24 +221,15 @@ def options_from(args: argparse.Namespace) -> UploadOptions:
 
 def run_upload(args: argparse.Namespace) -> int:
     from resume.cli.progress import ProgressReporter
-    from resume.protocol.tus import is_tus_url
     from resume.store import open_store
-    from resume.transfer.plan import collect_jobs, upload_url
-    from resume.transfer.upload import Uploader
+    from resume.transfer.plan import collect_jobs
+    from resume.transfer.routed import check_target, make_uploader
 
     options = options_from(args)
-    tus_options = None
-    if is_tus_url(args.url):  # any tus server; httpx is imported only for these
-        # httpx imports its own command-line client (click, rich, pygments: about 0.1 s) when
-        # those happen to be installed; this process never runs it.
-        sys.modules.setdefault("httpx._main", None)  # type: ignore[assignment]
-        from resume.transfer.tus_client import TusOptions, TusUploader
-
-        tus_options = TusOptions(parallel=args.parallel)
-    elif args.parallel != 1:
-        raise UsageError("--parallel works with tus servers (http:// or https:// URLs)")
-    else:
-        upload_url(args.url)  # a bad URL is a usage error before anything is read or written
+    # httpx imports its own command-line client (click, rich, pygments: about 0.1 s) when
+    # those happen to be installed; this process never runs it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[assignment]
+    check_target(args.url, via=args.via, parallel=args.parallel)
     skipped: list[Skipped] = []
     jobs = collect_jobs(args.paths, name=args.name, on_skip=skipped.append)
     live = not args.no_progress and not args.json and sys.stderr.isatty()
@@ -238,10 +243,8 @@ def run_upload(args: argparse.Namespace) -> int:
         # Everything is imported and the store is open: the collector need not walk those
         # objects again and again (it took 5-9% of the client's CPU on a large upload).
         gc.freeze()
-        uploader: Uploader | TusUploader = (
-            TusUploader(store, args.url, options, tus_options, progress=reporter)
-            if tus_options is not None
-            else Uploader(store, args.url, options, progress=reporter)
+        uploader = make_uploader(
+            store, args.url, options, via=args.via, parallel=args.parallel, progress=reporter
         )
         try:
             results = asyncio.run(_run_with_signals(uploader, jobs, reporter))
@@ -264,7 +267,7 @@ def run_upload(args: argparse.Namespace) -> int:
 
 
 async def _run_with_signals(
-    uploader: Uploader | TusUploader, jobs: list[FileJob], reporter: ProgressReporter
+    uploader: AnyUploader, jobs: list[FileJob], reporter: ProgressReporter
 ) -> list[FileResult]:
     loop = asyncio.get_running_loop()
     interrupts = 0
@@ -312,6 +315,7 @@ def summary(
                 "resumed_from": r.resumed_from,
                 "bytes_sent": r.bytes_sent,
                 "error": r.error,
+                "via": r.via,
             }
             for r in results
         ],

@@ -41,6 +41,7 @@ from resume.errors import (
     ResumeError,
     ServerBusy,
     SourceChanged,
+    SourceError,
     UsageError,
     Verdict,
     classify,
@@ -53,7 +54,7 @@ from resume.protocol.ledger import ChunkRecord, ChunkSpec, ChunkState, Ledger
 from resume.protocol.upload import new_file_id
 from resume.store import Store
 from resume.store.states import TransferState
-from resume.store.transfers import TransferRecord
+from resume.store.transfers import LockOwner, TransferRecord, lock_key
 from resume.store.tus import PartRecord, TusPartRepository
 from resume.transfer.plan import FileJob
 from resume.transfer.resumption import RESTART_HINT, find_transfer
@@ -164,11 +165,18 @@ class TusUploader:
         tus_options: TusOptions | None = None,
         *,
         progress: UploadProgress | None = None,
+        lock_as: str | None = None,
     ) -> None:
         self.store = store
         self.repo = store.transfers
         self.parts_repo = TusPartRepository(store.db)
         self.url = creation_url(url)
+        # The server part of the transfer locks' keys. A run to `resume serve` that sends
+        # some files over WebSocket and others here keys both on the WebSocket server's
+        # identity, so two runs sending one file exclude each other whichever way each goes.
+        self.lock_as = lock_as or self.url
+        self._owner = LockOwner.me()
+        self._locks: list[str] = []
         self.options = options or UploadOptions()
         self.tus = tus_options or TusOptions()
         self.progress = progress or _QuietProgress()
@@ -193,10 +201,19 @@ class TusUploader:
         Raises a :class:`resume.errors.FatalError` at the first fatal problem, the last
         retryable error when the retry limits are exhausted, or :class:`Interrupted`.
         """
-        self._files = [self._plan(job) for job in jobs]
+        self._files, self._locks = [], []
+        try:
+            results = [self._prepare(job) for job in jobs]
+            await self._send_all()
+        finally:
+            with contextlib.suppress(ResumeError):
+                self.repo.unlock(self._locks, self._owner)
+        return results
+
+    async def _send_all(self) -> None:
         todo = [f for f in self._files if not f.done]
         if not todo and not self._terminate:
-            return [f.result for f in self._files]
+            return
         for state in todo:
             if not state.check_only:  # a finished one stays completed unless the server lost it
                 self.repo.update(state.record.file_id, state=TransferState.ACTIVE, last_error=None)
@@ -225,9 +242,31 @@ class TusUploader:
             raise
         finally:
             self._http = None
-        return [f.result for f in self._files]
 
     # -- planning --------------------------------------------------------------------------------
+
+    def _prepare(self, job: FileJob) -> FileResult:
+        """Lock and plan one job; a job that cannot be sent gets a failed result now (the
+        others go on), as on the WebSocket path."""
+        key = lock_key(str(job.path), self.lock_as, job.name)
+        holder = self.repo.lock(key, self._owner)
+        if holder is not None:
+            where = "" if holder.host == self._owner.host else f" on {holder.host}"
+            reason = f"another upload of {job.path} is running (pid {holder.pid}{where})"
+            return self._failed(job, reason)
+        self._locks.append(key)
+        try:
+            state = self._plan(job)
+        except (SourceError, SourceChanged) as exc:
+            return self._failed(job, str(exc))
+        self.repo.lock_transfer(key, state.record.file_id)
+        self._files.append(state)
+        return state.result
+
+    def _failed(self, job: FileJob, reason: str) -> FileResult:
+        result = FileResult(job, None, job.size, "failed", error=reason, via="http")
+        self.progress.file_done(result)
+        return result
 
     def _plan(self, job: FileJob) -> _FileState:
         """Find the transfer to resume for ``job``, or start a new one (as the WebSocket path)."""
@@ -239,7 +278,9 @@ class TusUploader:
             self._terminate.extend(upload_urls(self.store, found.dropped))
         record = found.record
         if record is not None and found.finished:
-            result = FileResult(job, record.file_id, record.size, "pending", record.checksum)
+            result = FileResult(
+                job, record.file_id, record.size, "pending", record.checksum, via="http"
+            )
             ledger = self.repo.load_ledger(record)
             return _FileState(job, record, ledger, fingerprint, result, check_only=True)
         if record is None:
@@ -254,7 +295,7 @@ class TusUploader:
                 chunk_size=self.options.chunk_size,
                 checksum_algo=FILE_ALGO,
             )
-        result = FileResult(job, record.file_id, record.size, "pending")
+        result = FileResult(job, record.file_id, record.size, "pending", via="http")
         return _FileState(job, record, self.repo.load_ledger(record), fingerprint, result)
 
     def _record_failure(self, exc: BaseException) -> None:

@@ -135,6 +135,7 @@ class FileResult:
     ``state``: ``completed`` (sent and verified in this run), ``verified`` (finished in an
     earlier run and confirmed on the server now, nothing sent), ``failed`` (``error`` says
     why; the other files went on) or ``pending`` (the run stopped before it was done).
+    ``via``: ``"ws"`` or ``"http"``, the way into the server it took.
     """
 
     job: FileJob
@@ -145,6 +146,7 @@ class FileResult:
     resumed_from: int = 0  # bytes the server already held when this run began the file
     bytes_sent: int = 0  # chunk payload bytes sent in this run (re-sends included)
     error: str | None = None
+    via: str = "ws"  # how it went: "ws" (WebSocket) or "http" (tus PATCH requests)
 
 
 class UploadProgress(Protocol):

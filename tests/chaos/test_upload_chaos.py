@@ -68,6 +68,7 @@ def test_upload_survives_kills_cuts_stalls_and_corruption(tmp_path: Path) -> Non
             args = [
                 str(source), url, "--db", str(client_db), "--json", "--no-progress",
                 "--chunk-size", str(CHUNK), "--window", str(WINDOW), "--max-retry-delay", "0.3",
+                "--via", "ws",  # the WebSocket path: its window bounds what a kill re-sends
             ]  # fmt: skip
             resent_per_kill: list[int] = []
 

@@ -63,7 +63,6 @@ def test_name_option_and_plain_output(serve: ServeProcess, tmp_path: Path) -> No
     [
         (["nope.bin", "ws://127.0.0.1:1"], "no such file"),
         (["{file}", "ftp://127.0.0.1:1"], "not a server URL"),
-        (["{file}", "ws://127.0.0.1:1", "--parallel", "2"], "--parallel works with tus"),
         (["{file}", "http://127.0.0.1:1/files/", "--parallel", "0"], "--parallel must be"),
         (["{file}", "ws://127.0.0.1:1", "--chunk-size", "lots"], "not a size"),
         (["{file}", "ws://127.0.0.1:1", "--window", "0"], "--window"),

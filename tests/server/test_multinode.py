@@ -38,7 +38,7 @@ def start_upload(cluster: Cluster, source: Path, state: Path, transport: str = "
     return Child(
         resume_cmd(
             "-v", "upload", str(source), url, "--db", str(state), "--chunk-size", "256KiB",
-            "--window", "4", "--no-progress", "--max-retry-delay", "0.3",
+            "--window", "4", "--no-progress", "--max-retry-delay", "0.3", "--via", transport,
         )
     )  # fmt: skip
 
