@@ -106,7 +106,6 @@ class RoutedUploader:
         from resume.transfer.tus_client import TusUploader
 
         server = await asyncio.to_thread(server_identity, self.url)
-        lock_as = server or self.base_url
         earlier = [self._continues(job, server) for job in jobs]
         large = [
             way is None and job.size >= self.http_from
@@ -128,7 +127,11 @@ class RoutedUploader:
                 Uploader(self.store, self.url, self.options, progress=self.progress)
                 if way == "ws"
                 else TusUploader(
-                    self.store, self.http_url, self.options, progress=self.progress, lock_as=lock_as
+                    self.store,
+                    self.http_url,
+                    self.options,
+                    progress=self.progress,
+                    served_as=self.url,
                 )
             )
             self._current = uploader
@@ -213,7 +216,7 @@ def make_uploader(
     if tus.is_tus_url(url):
         return _tus_uploader(store, url, options, parallel, progress)
     if via == "http" or parallel != 1:
-        return _tus_uploader(store, http_twin(url), options, parallel, progress)
+        return _tus_uploader(store, http_twin(url), options, parallel, progress, served_as=url)
     if via == "ws":
         return Uploader(store, url, options, progress=progress)
     return RoutedUploader(store, url, options, progress=progress)
@@ -244,7 +247,10 @@ def _tus_uploader(
     options: UploadOptions | None,
     parallel: int,
     progress: UploadProgress | None,
+    served_as: str | None = None,
 ) -> TusUploader:
     from resume.transfer.tus_client import TusOptions, TusUploader
 
-    return TusUploader(store, url, options, TusOptions(parallel=parallel), progress=progress)
+    return TusUploader(
+        store, url, options, TusOptions(parallel=parallel), progress=progress, served_as=served_as
+    )

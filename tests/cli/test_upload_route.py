@@ -132,13 +132,17 @@ def test_an_interrupted_transfer_continues_the_way_it_began(
     assert (serve.root / source.name).read_bytes() == source.read_bytes()
 
 
+@pytest.mark.parametrize("first_via", ["auto", "http"])
 def test_two_runs_of_one_file_exclude_each_other_whichever_way_each_goes(
-    serve: ServeProcess, large: Path, tmp_path: Path
+    serve: ServeProcess, large: Path, tmp_path: Path, first_via: str
 ) -> None:
-    """The first run goes over HTTP (auto, a large new file); a second run of the same file
-    over WebSocket, and a third on auto, are refused with the first's pid while it runs."""
+    """The first run goes over HTTP (auto: a large new file; or asked to); a second run of the
+    same file over WebSocket, and a third on auto, are refused with the first's pid while it
+    runs."""
     db = tmp_path / "c.db"
-    first = start_upload(str(large), serve.url, "--db", str(db), "--json", *SLOW)
+    first = start_upload(
+        str(large), serve.url, "--db", str(db), "--json", "--via", first_via, *SLOW
+    )
     try:
         wait_until(lambda: committed_chunks(db) > 3, 60, "the first run to send chunks")
         for via in ("ws", "auto"):

@@ -7,6 +7,7 @@ server (hostile_tus.py) scripts the answers the real ones rarely give: 409, 460,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
+from resume.store import open_store
+from resume.transfer.plan import collect_jobs
+from resume.transfer.tus_client import TusOptions, TusUploader
+from resume.transfer.upload import FileResult, UploadOptions
 from tests.interop.peers import ListeningProcess, read_upload
 from tests.interop.peers import random_file as make_file
 from tests.processes import run_in_pty, run_resume, start_upload, stop, wait_until
@@ -259,17 +264,26 @@ def hostile_upload_is_identical(
 
 
 def test_patches_grow_on_a_long_link(hostile, tmp_path: Path) -> None:
-    """Each answer takes 100 ms: PATCHes grow past 4 chunks so that waiting for answers costs
-    a smaller part of the time (24 chunks at 4 per PATCH would be 6 PATCHes)."""
+    """Each answer takes 100 ms: PATCHes grow past four 1 MiB chunks so that waiting for
+    answers costs a smaller part of the time (24 chunks at 4 per PATCH would be 6 PATCHes).
+    In-process, with no byte floor on the PATCH size (`patch_bytes=0`): by default a PATCH
+    of 1 MiB chunks already carries the most (16) and there would be nothing left to grow."""
     source = tmp_path / "long.bin"
     source.write_bytes(os.urandom(24 * 2**20))
-
     server = hostile({"rtt": 0.1})
     db = tmp_path / "state.db"
-    code, _, err = upload(source, server.url, db, "--chunk-size", "1MiB")
-    assert code == 0, err
+
+    async def send() -> list[FileResult]:
+        with open_store(db) as store:
+            uploader = TusUploader(
+                store, server.url, UploadOptions(chunk_size=2**20), TusOptions(patch_bytes=0)
+            )
+            return await uploader.run(collect_jobs([source]))
+
+    [result] = asyncio.run(send())
+    assert result.state == "completed", result.error
     hostile_upload_is_identical(server, tmp_path, db, source)
-    assert sum(1 for method, _ in requests(server) if method == "PATCH") <= 3  # 4, then 16
+    assert sum(1 for method, _ in requests(server) if method == "PATCH") <= 3  # 4, 4, then 16
 
 
 def test_a_small_file_travels_in_the_creating_post(hostile, tmp_path: Path) -> None:
@@ -374,7 +388,7 @@ def test_503_is_retried_with_backoff(hostile, tmp_path: Path) -> None:
 def test_410_mid_upload_says_so_and_starts_a_new_upload(hostile, tmp_path: Path) -> None:
     """The upload expired (410) half-way: a warning, a new upload, an identical file."""
     server = hostile({"gone_after": 2})
-    source = make_file(tmp_path / "data.bin", 12 * CHUNK)  # three PATCHes of four chunks
+    source = make_file(tmp_path / "data.bin", 40 * CHUNK)  # three PATCHes: 16, 16 and 8 chunks
     db = tmp_path / "client.db"
     code, _summary, stderr = upload(source, server.url, db)
     assert code == 0, stderr

@@ -8,11 +8,13 @@ command is run again: it must exit 0 with a byte-identical file and no partial l
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from resume.crashpoints import CRASH_EXIT, STEPS
 from resume.store import Store
@@ -66,6 +68,9 @@ def test_a_server_killed_at_each_step_recovers(tmp_path: Path, step: str, transp
         result = run_resume("upload", *command, "--json", "--give-up-after", "30s", timeout=120)
         assert result.returncode == 0, result.stderr
         assert (server.root / "data.bin").read_bytes() == source.read_bytes()
+        # Verified on the server, and said so, even when the answer that said so was lost.
+        [item] = json.loads(result.stdout)["files"]
+        assert item["checksum"] == xxhash.xxh3_128_hexdigest(source.read_bytes()), item
         assert partial_files(server.root) == []
         assert server_state(server.root) == [("data.bin", "completed")]
         assert "Traceback" not in server.log
