@@ -1,4 +1,4 @@
-"""Upload request bodies straight from the file: h11 frames the request, the kernel sends it.
+"""Plain HTTP/1.1 requests with h11; request bodies straight from the file with sendfile.
 
 httpx sends a body from Python buffers: each piece is joined into a new ``bytes`` by h11 and
 then copied into the socket by the kernel. For a tus ``PATCH`` of a range of a local file that
@@ -8,8 +8,9 @@ sends from the page cache). h11 still keeps the request's state: it is given the
 ``Data`` event carrying the caller's buffer of the same bytes (already read to be hashed), in
 passthrough mode, so nothing is copied to do so, and it parses the response.
 
-Used by :meth:`resume.net.http.HttpClient.send_file` for plain ``http://`` without a proxy;
-everything else (TLS, proxies) goes through httpx.
+Used by :class:`resume.net.http.HttpClient` for every request to plain ``http://`` without a
+proxy (bodies that are ``bytes`` or none go the usual way); everything else (TLS, proxies) goes
+through httpx, which such a run then never imports.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import h11
-import httpx
 
 from resume.errors import AckTimeout, ConnectError, ConnectionLost, ConnectTimeout, ProtocolError
+from resume.net.response import Headers, Response
 
 READ_SIZE = 64 * 1024
 SEGMENT = 4 * 2**20  # body bytes per sendfile call (each has the write timeout)
@@ -57,7 +58,13 @@ class BulkConnection:
 
     @property
     def reusable(self) -> bool:
-        return self.writer is not None and not self.writer.is_closing()
+        """Open, and not closed by the server while idle (a keep-alive timeout)."""
+        return (
+            self.writer is not None
+            and not self.writer.is_closing()
+            and self.reader is not None
+            and not self.reader.at_eof()
+        )
 
     async def connect(self, timeout: float) -> None:
         try:
@@ -68,33 +75,36 @@ class BulkConnection:
         except OSError as exc:
             raise ConnectError(f"cannot connect: {exc.strerror or exc}") from exc
 
-    async def send_file(
-        self, method: str, url: str, headers: Mapping[str, str], body: FileBody, timeout: float
-    ) -> httpx.Response:
-        """Send ``method url`` with ``body`` (its views serve h11's count only); the
-        response."""
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: FileBody | bytes | None,
+        timeout: float,
+    ) -> Response:
+        """Send ``method url`` with ``body`` (a :class:`FileBody`'s views serve h11's count
+        only; its bytes go with sendfile); the response."""
         assert self.writer is not None and self.reader is not None
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        count, file, offset = body.length, body.file, body.offset
+        count = body.length if isinstance(body, FileBody) else len(body or b"")
+        framing = [("Content-Length", str(count))] if body is not None or _has_body(method) else []
         request = h11.Request(
             method=method,
             target=target,
-            headers=[("Host", parts.netloc), *headers.items(), ("Content-Length", str(count))],
+            headers=[
+                ("Host", parts.netloc),
+                *((k, v) for k, v in headers.items() if k.lower() != "content-length"),
+                *framing,
+            ],
         )
         try:
             self.writer.write(self.conn.send(request) or b"")
-            for view in body.views:  # h11 counts the body; passthrough: no copy is made
-                self.conn.send_with_data_passthrough(h11.Data(data=view))
-            loop = asyncio.get_running_loop()
-            done = 0
-            while done < count:  # in segments: the timeout is per segment, like httpx's writes
-                size = min(SEGMENT, count - done)
-                async with asyncio.timeout(timeout):
-                    sent = await loop.sendfile(self.writer.transport, file, offset + done, size)
-                if sent != size:  # the file is shorter than it was: the caller notices
-                    raise ConnectionLost(f"sent {done + sent} of {count} body bytes")
-                done += size
+            if isinstance(body, FileBody):
+                await self._send_file(body, timeout)
+            elif body:
+                self.writer.write(self.conn.send(h11.Data(data=body)) or b"")
             self.writer.write(self.conn.send(h11.EndOfMessage()) or b"")
             self.body_sent = time.monotonic()
             async with asyncio.timeout(timeout):
@@ -112,7 +122,23 @@ class BulkConnection:
             self.close()
             raise ProtocolError(f"invalid HTTP request: {exc}") from exc
 
-    async def _response(self) -> httpx.Response:
+    async def _send_file(self, body: FileBody, timeout: float) -> None:
+        assert self.writer is not None
+        for view in body.views:  # h11 counts the body; passthrough: no copy is made
+            self.conn.send_with_data_passthrough(h11.Data(data=view))
+        loop = asyncio.get_running_loop()
+        count, done = body.length, 0
+        while done < count:  # in segments: the timeout is per segment, like httpx's writes
+            size = min(SEGMENT, count - done)
+            async with asyncio.timeout(timeout):
+                sent = await loop.sendfile(
+                    self.writer.transport, body.file, body.offset + done, size
+                )
+            if sent != size:  # the file is shorter than it was: the caller notices
+                raise ConnectionLost(f"sent {done + sent} of {count} body bytes")
+            done += size
+
+    async def _response(self) -> Response:
         assert self.reader is not None
         head: h11.Response | None = None
         content = bytearray()
@@ -137,10 +163,10 @@ class BulkConnection:
             self.conn.start_next_cycle()
         else:
             self.close()
-        return httpx.Response(
+        return Response(
             head.status_code,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers],
-            content=bytes(content),
+            Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers),
+            bytes(content),
         )
 
     def close(self) -> None:
@@ -150,7 +176,8 @@ class BulkConnection:
 
 
 class BulkSender:
-    """Idle :class:`BulkConnection` s per ``host:port``, taken by one request at a time."""
+    """Idle :class:`BulkConnection` s per ``host:port``, taken by one request at a time (so
+    as many are open as requests run at once)."""
 
     def __init__(self, connect_timeout: float, response_timeout: float) -> None:
         self.connect_timeout = connect_timeout
@@ -158,9 +185,9 @@ class BulkSender:
         self._idle: dict[tuple[str, int], list[BulkConnection]] = {}
         self.body_sent = 0.0  # when the last request's body was handed to the kernel
 
-    async def send_file(
-        self, method: str, url: str, headers: Mapping[str, str], body: FileBody
-    ) -> httpx.Response:
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: FileBody | bytes | None
+    ) -> Response:
         """One request on an idle connection (or a new one) to the URL's host."""
         parts = urlsplit(url)
         key = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -170,7 +197,7 @@ class BulkSender:
             connection = BulkConnection(*key)
             await connection.connect(self.connect_timeout)
         try:
-            response = await connection.send_file(method, url, headers, body, self.response_timeout)
+            response = await connection.request(method, url, headers, body, self.response_timeout)
         except BaseException:
             connection.close()
             raise
@@ -185,6 +212,11 @@ class BulkSender:
                 connection.close()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports close
+
+
+def _has_body(method: str) -> bool:
+    """Methods that send ``Content-Length: 0`` when they have no body (as httpx does)."""
+    return method in ("POST", "PUT", "PATCH")
 
 
 __all__ = ["BulkConnection", "BulkSender", "FileBody"]

@@ -1,7 +1,9 @@
-"""HTTP requests with httpx, and the retry loop of HTTP clients.
+"""HTTP requests (h11 for plain ``http://``, httpx for the rest), and the retry loop of HTTP
+clients.
 
 This module is the single boundary where httpx exceptions become :mod:`resume.errors`
-(:func:`translate`); what a status code means is the caller's protocol's business. The retry
+(:func:`translate`); what a status code means is the caller's protocol's business. httpx is
+imported only when a request needs it (TLS or a proxy): it is ~90 ms of a start-up. The retry
 loop uses the same :class:`~resume.net.backoff.Backoff`, :func:`~resume.errors.classify` and
 :class:`~resume.net.connector.ConnectionEvent` as the WebSocket reconnect loop.
 """
@@ -14,9 +16,7 @@ import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, TypeVar
 
 from resume import __version__
 from resume.errors import (
@@ -35,6 +35,10 @@ from resume.errors import (
 from resume.net.backoff import Backoff
 from resume.net.bulk import BulkSender, FileBody
 from resume.net.connector import ConnectionEvent
+from resume.net.response import Headers, Response
+
+if TYPE_CHECKING:
+    import httpx
 
 T = TypeVar("T")
 PIECE = 2**20  # bytes handed to httpx at a time
@@ -43,6 +47,8 @@ log = logging.getLogger("resume.http")
 
 def translate(exc: BaseException) -> ResumeError | None:
     """Map an httpx exception to the error tree; None if it is not one we know (a bug)."""
+    import httpx
+
     if isinstance(exc, ResumeError):
         return exc
     if isinstance(exc, httpx.ConnectTimeout):
@@ -80,10 +86,12 @@ def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | Non
 
 
 class HttpClient:
-    """An httpx client whose failures are :mod:`resume.errors` exceptions.
+    """An HTTP client whose failures are :mod:`resume.errors` exceptions.
 
     Statuses are returned, not raised: a 409 or a 404 means different things to different
-    protocols. Use as ``async with HttpClient(...) as http``.
+    protocols. Use as ``async with HttpClient(...) as http``. Plain ``http://`` without a proxy
+    goes over h11 connections of our own (:mod:`resume.net.bulk`: file bodies with sendfile);
+    the rest over httpx.
 
     ``verify``: an :class:`ssl.SSLContext` for ``https://`` (``--cacert``, ``--cert``), or True
     for the system's trust store. ``use_env_proxy``: take the proxy from ``HTTPS_PROXY``,
@@ -101,42 +109,40 @@ class HttpClient:
         verify: bool | ssl.SSLContext = True,
         use_env_proxy: bool = False,
     ) -> None:
-        settings = dict(
-            headers={"User-Agent": f"resume/{__version__}", **(headers or {})},
-            timeout=httpx.Timeout(
-                connect=connect_timeout,
-                read=response_timeout,
-                write=response_timeout,
-                pool=response_timeout,
-            ),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            follow_redirects=False,
-            trust_env=use_env_proxy,  # the environment (proxies, SSL_CERT_FILE) only when asked
-        )
-        self._settings = settings
+        self._headers = {"User-Agent": f"resume/{__version__}", **(headers or {})}
+        self._timeouts = (connect_timeout, response_timeout)
+        self._connections = connections
         self._verify = verify
-        # httpx builds its TLS context (the whole CA bundle: ~50 ms) when a client is made.
-        # Plain http:// requests without a proxy never use it, so they get a client without
-        # one; the verifying client is made on the first request that could need TLS.
-        self._plain = None if use_env_proxy else httpx.AsyncClient(**settings, verify=False)  # type: ignore[arg-type]
-        self._tls: httpx.AsyncClient | None = None
-        self._headers = dict(settings["headers"])  # type: ignore[call-overload]
-        self._bulk: BulkSender | None = None
+        self._use_env_proxy = use_env_proxy
+        self._httpx: httpx.AsyncClient | None = None  # made on the first request that needs it
+        self._plain = BulkSender(connect_timeout, response_timeout)
         # When the body of the last send_file was all handed over: the time from then to the
         # response is what a client waits per request (a round trip and the server's fsync).
         self.body_sent = 0.0
-        self._timeouts = (connect_timeout, response_timeout)
 
     def _plain_http(self, url: str) -> bool:
         """Whether ``url`` is plain ``http://`` with no proxy in the way (no TLS anywhere)."""
-        return self._plain is not None and url[:7].lower() == "http://"
+        return not self._use_env_proxy and url[:7].lower() == "http://"
 
-    def _client_for(self, url: str) -> httpx.AsyncClient:
-        if self._plain is not None and self._plain_http(url):
-            return self._plain
-        if self._tls is None:
-            self._tls = httpx.AsyncClient(**self._settings, verify=self._verify)  # type: ignore[arg-type]
-        return self._tls
+    def _client(self) -> httpx.AsyncClient:
+        if self._httpx is None:
+            import httpx
+
+            connect, response = self._timeouts
+            self._httpx = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=httpx.Timeout(
+                    connect=connect, read=response, write=response, pool=response
+                ),
+                limits=httpx.Limits(
+                    max_connections=self._connections,
+                    max_keepalive_connections=self._connections,
+                ),
+                follow_redirects=False,
+                trust_env=self._use_env_proxy,  # the environment only when asked
+                verify=self._verify,
+            )
+        return self._httpx
 
     async def request(
         self,
@@ -145,29 +151,34 @@ class HttpClient:
         *,
         headers: Mapping[str, str] | None = None,
         content: bytes | AsyncIterator[bytes] | None = None,
-    ) -> httpx.Response:
-        """Send one request and read the whole response (``content``: the body, or its pieces
-        as they are produced, with the ``Content-Length`` given in ``headers``)."""
+    ) -> Response:
+        """Send one request and read the whole response (``content``: the body, or, not to
+        plain ``http://``, its pieces as they are produced, with the ``Content-Length`` given
+        in ``headers``)."""
+        if self._plain_http(url) and not isinstance(content, AsyncIterator):
+            return await self._plain.request(
+                method, url, {**self._headers, **(headers or {})}, content
+            )
+        import httpx
+
         try:
-            client = self._client_for(url)
-            return await client.request(method, url, headers=headers, content=content)
+            answer = await self._client().request(method, url, headers=headers, content=content)
         except httpx.HTTPError as exc:
             error = translate(exc)
             if error is None:
                 raise
             raise error from exc
+        return Response(answer.status_code, Headers(answer.headers.multi_items()), answer.content)
 
     async def send_file(
         self, method: str, url: str, headers: Mapping[str, str], body: FileBody
-    ) -> httpx.Response:
+    ) -> Response:
         """Send a request whose body is a range of a file. Plain ``http://`` without a proxy:
         the kernel sends it from the file (:mod:`resume.net.bulk`); otherwise httpx sends the
         body's views."""
         if self._plain_http(url):
-            if self._bulk is None:
-                self._bulk = BulkSender(*self._timeouts)
-            response = await self._bulk.send_file(method, url, {**self._headers, **headers}, body)
-            self.body_sent = self._bulk.body_sent
+            response = await self._plain.request(method, url, {**self._headers, **headers}, body)
+            self.body_sent = self._plain.body_sent
             return response
         return await self.request(method, url, headers=headers, content=self._pieces(body.views))
 
@@ -180,11 +191,9 @@ class HttpClient:
         self.body_sent = time.monotonic()
 
     async def aclose(self) -> None:
-        for client in (self._plain, self._tls):
-            if client is not None:
-                await client.aclose()
-        if self._bulk is not None:
-            await self._bulk.aclose()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+        await self._plain.aclose()
 
     async def __aenter__(self) -> HttpClient:
         return self

@@ -5,8 +5,8 @@
 per-chunk durability and whole-file check. Over plain ``http://`` the client sends bodies
 straight from the file with ``sendfile`` and the server reads them straight into its write
 buffers, which WebSocket cannot (masking), so large files go faster and cost less CPU that
-way. Starting an HTTP upload costs a little more (one more import, an ``OPTIONS``), so small
-files stay on WebSocket.
+way. Starting an HTTP upload costs a little more (an ``OPTIONS``, a ``POST``, ~30 ms), so
+small files stay on WebSocket.
 
 ``via="auto"`` (the default for a ``ws://`` URL) decides per file:
 
@@ -44,9 +44,9 @@ if TYPE_CHECKING:  # imported when used: httpx is not loaded by runs that never 
 
 Via = Literal["auto", "ws", "http"]
 VIAS: tuple[Via, ...] = ("auto", "ws", "http")
-# New files from this size go over HTTP. Measured whole-process on loopback (median of 3):
-# 16 MiB WS 0.24 s / HTTP 0.30 s, 64 MiB 0.37 / 0.38 s, 128 MiB 0.52 / 0.50 s; from there
-# HTTP pulls ahead (512 MiB 1.6 / 1.5 s, 4 GiB 1.75x WS's rate) at half the CPU per byte.
+# New files from this size go over HTTP. Whole processes on loopback, medians of 5 (ms), WS /
+# HTTP: 1 MiB 142 / 175, 4 MiB 161 / 185, 16 MiB 192 / 212, 64 MiB 281 / 285; larger files go
+# faster over HTTP (512 MiB 1.46x, 4 GiB 1.61x WebSocket's rate) at half the CPU per byte.
 HTTP_FROM = 64 * 2**20
 FILES_PATH = "/files/"
 PROBE_TIMEOUT = 5.0  # seconds for the OPTIONS that asks whether the server verifies over HTTP

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import httpx
 import xxhash
 
 from resume.errors import (
@@ -49,6 +48,7 @@ from resume.errors import (
 from resume.net.bulk import FileBody
 from resume.net.connector import ConnectOptions
 from resume.net.http import HttpClient, RetryLoop
+from resume.net.response import Response
 from resume.protocol import tus
 from resume.protocol.ledger import ChunkRecord, ChunkSpec, ChunkState, Ledger
 from resume.protocol.upload import new_file_id
@@ -368,7 +368,7 @@ class TusUploader:
         url: str,
         headers: dict[str, str] | None = None,
         body: bytes | AsyncIterator[bytes] | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
         return await self._http_client.request(method, url, headers=headers, content=body)
 
     def _chunks_per_patch(self, chunk_size: int) -> int:
@@ -383,7 +383,7 @@ class TusUploader:
         wanted = math.ceil(PATCH_RTTS * self._rtt * self._rate / chunk_size)
         return max(least, min(wanted, most))
 
-    def _error(self, response: httpx.Response, what: str, *, creating: bool = False) -> ResumeError:
+    def _error(self, response: Response, what: str, *, creating: bool = False) -> ResumeError:
         """The error a refused request stands for (the branch it takes is its class)."""
         status = response.status_code
         detail = _detail(response)
@@ -1039,14 +1039,14 @@ def _hash_chunk(state: _FileState, index: int, buffer: bytes | bytearray | memor
     return chunk_checksum(buffer)
 
 
-def _offset(response: httpx.Response, url: str) -> int:
+def _offset(response: Response, url: str) -> int:
     try:
         return tus.upload_offset(response.headers)
     except tus.TusProtocolError as exc:
         raise ProtocolError(f"{url}: {exc}") from exc
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Response) -> str:
     """The first line of an error body, short, for a one-line message."""
     try:
         text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""

@@ -178,6 +178,22 @@ def test_two_runs_to_a_tus_url_exclude_each_other(serve: ServeProcess, tmp_path:
     assert len(records(db)) == 1
 
 
+@pytest.mark.parametrize("via", ["auto", "http"])
+def test_a_plain_http_upload_never_imports_httpx(
+    serve: ServeProcess, large: Path, tmp_path: Path, via: str
+) -> None:
+    """Plain http:// goes over our own h11 connections: httpx (and anyio under it), ~90 ms of
+    a start-up, is imported only for TLS and proxies."""
+    result = run_resume(
+        "upload", str(large), serve.url, "--db", str(tmp_path / "c.db"), "--json", "--via", via,
+        env={"PYTHONPROFILEIMPORTTIME": "1"},
+    )  # fmt: skip
+    assert summary(result)["files"][0]["via"] == "http"  # type: ignore[index]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "resume.transfer.tus_client" in imported  # the import log is there
+    assert not {"httpx", "anyio", "httpcore"} & imported
+
+
 def test_the_probe_says_yes_only_to_a_server_that_verifies_over_plain_http(
     serve: ServeProcess,
 ) -> None:

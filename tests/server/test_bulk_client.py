@@ -75,8 +75,7 @@ async def test_patches_go_from_the_file_on_one_kept_alive_connection(
                 )
                 assert response.status_code == 204, response.text
                 assert response.headers["Upload-Offset"] == str(end)
-                assert http._bulk is not None
-                connections.append(next(iter(http._bulk._idle.values()))[0])
+                connections.append(next(iter(http._plain._idle.values()))[0])
     assert connections[0] is connections[1]  # kept alive, reused
     assert sum(sendfile_bytes) == len(data)
     assert (server.root / "sent.bin").read_bytes() == data
@@ -152,7 +151,7 @@ async def test_a_server_that_hangs_up_is_a_lost_connection(rude, tmp_path: Path)
     async with HttpClient() as http:
         with pytest.raises(ConnectionLost):
             await send_one_mib(url, tmp_path, http)
-        assert not any(http._bulk._idle.values())  # type: ignore[union-attr]
+        assert not any(http._plain._idle.values())
 
 
 async def test_a_response_cut_in_the_middle_is_a_lost_connection(rude, tmp_path: Path) -> None:
@@ -185,8 +184,8 @@ async def test_tls_and_proxies_go_through_httpx(monkeypatch: pytest.MonkeyPatch)
     body = bulk.FileBody(None, 0, [memoryview(b"x")])  # type: ignore[arg-type]  # not read
     async with HttpClient(use_env_proxy=True) as http:
         await http.send_file("PATCH", "http://127.0.0.1:1/f", {}, body)
-        assert http._bulk is None
+        assert not http._plain._idle
     async with HttpClient() as http:
         await http.send_file("PATCH", "https://127.0.0.1:1/f", {}, body)
-        assert http._bulk is None
+        assert not http._plain._idle
     assert used == ["http://127.0.0.1:1/f", "https://127.0.0.1:1/f"]
