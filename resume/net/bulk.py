@@ -16,8 +16,9 @@ through httpx, which such a run then never imports.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -33,16 +34,33 @@ SEGMENT = 4 * 2**20  # body bytes per sendfile call (each has the write timeout)
 
 @dataclass(frozen=True, slots=True)
 class FileBody:
-    """A request body that is ``file``'s bytes from ``offset`` on; ``views`` hold the same
-    bytes in memory (read to be hashed), as many as the body is long."""
+    """A request body that is ``file``'s bytes from ``offset`` on: ``size`` bytes, or as many
+    as ``views`` hold. ``views``: the same bytes in memory (read to be hashed), for a client
+    that cannot send from the file (httpx, over TLS or a proxy); none when the body only ever
+    goes from the file."""
 
     file: BinaryIO
     offset: int
-    views: Sequence[memoryview]
+    views: Sequence[memoryview] = ()
+    size: int | None = None
 
     @property
     def length(self) -> int:
-        return sum(len(view) for view in self.views)
+        return self.size if self.size is not None else sum(len(view) for view in self.views)
+
+
+class _Zeros:
+    """Untouched zero pages (an anonymous mapping costs no memory until written): stand-ins
+    of the right length for h11 to count a body that goes from the file."""
+
+    _view: memoryview | None = None
+
+    @classmethod
+    def pieces(cls, length: int) -> Iterator[memoryview]:
+        if cls._view is None:
+            cls._view = memoryview(mmap.mmap(-1, SEGMENT))
+        for start in range(0, length, SEGMENT):
+            yield cls._view[: min(SEGMENT, length - start)]
 
 
 class BulkConnection:
@@ -124,7 +142,8 @@ class BulkConnection:
 
     async def _send_file(self, body: FileBody, timeout: float) -> None:
         assert self.writer is not None
-        for view in body.views:  # h11 counts the body; passthrough: no copy is made
+        # h11 counts the body (passthrough: nothing is copied); the kernel sends it.
+        for view in body.views or _Zeros.pieces(body.length):
             self.conn.send_with_data_passthrough(h11.Data(data=view))
         loop = asyncio.get_running_loop()
         count, done = body.length, 0

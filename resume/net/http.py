@@ -124,6 +124,11 @@ class HttpClient:
         """Whether ``url`` is plain ``http://`` with no proxy in the way (no TLS anywhere)."""
         return not self._use_env_proxy and url[:7].lower() == "http://"
 
+    def sends_from_file(self, url: str) -> bool:
+        """Whether :meth:`send_file` to ``url`` sends the body from the file (then its
+        ``views`` may be left out); else they are the body."""
+        return self._plain_http(url)
+
     def _client(self) -> httpx.AsyncClient:
         if self._httpx is None:
             import httpx

@@ -164,7 +164,12 @@ def checksum_header_of(algorithm: str, parts: Iterable[bytes | bytearray | memor
     hasher = new_hasher(algorithm)
     for part in parts:
         hasher.update(part)
-    return f"{algorithm} {base64.b64encode(hasher.digest()).decode('ascii')}"
+    return format_checksum(algorithm, hasher.digest())
+
+
+def format_checksum(algorithm: str, raw_digest: bytes) -> str:
+    """``Upload-Checksum`` for a digest already computed (e.g. fed as the body was read)."""
+    return f"{algorithm} {base64.b64encode(raw_digest).decode('ascii')}"
 
 
 def digest(algorithm: str, data: bytes | bytearray | memoryview) -> bytes:

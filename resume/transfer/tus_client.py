@@ -93,7 +93,12 @@ class TusOptions:
     # per PATCH 0.79 s with twice the buffers).
     chunks_per_patch: int = 4
     patch_bytes: int = 32 * 2**20
-    max_chunks_per_patch: int = 16
+    patch_bytes_chunks: int = 16  # ... in at most this many chunks (small chunks: smaller PATCHes)
+    # A body sent from the file (plain http://) is read through one chunk's buffer to be
+    # hashed, so a PATCH may be large at no cost in memory; over TLS or a proxy the body is
+    # sent from memory (two PATCHes' worth) and max_buffered_patch_bytes caps it.
+    max_chunks_per_patch: int = 64
+    max_buffered_patch_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         if not 1 <= self.parallel <= 64:
@@ -137,6 +142,16 @@ class _Part:
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A PATCH body, read and hashed: the file's bytes [start, start + length)."""
+
+    start: int
+    length: int
+    checksum: str | None  # Upload-Checksum, when the server offers checksums
+    views: list[memoryview]  # the bytes in memory; empty when they go from the file
 
 
 @dataclass(eq=False)
@@ -371,13 +386,17 @@ class TusUploader:
     ) -> Response:
         return await self._http_client.request(method, url, headers=headers, content=body)
 
-    def _chunks_per_patch(self, chunk_size: int) -> int:
+    def _chunks_per_patch(self, chunk_size: int, from_file: bool = True) -> int:
         """How many chunks the next PATCH carries: ``chunks_per_patch``, or enough for
         ``patch_bytes``; more on a long link: enough that sending one takes PATCH_RTTS round
         trips at the rate the last PATCH's body went (the round trip: the quickest HEAD so
-        far, on a warm connection: :meth:`_head`). Never more than ``max_chunks_per_patch``."""
+        far, on a warm connection: :meth:`_head`). Never more than ``max_chunks_per_patch``,
+        nor, for a body sent from memory (``from_file`` False), ``max_buffered_patch_bytes``."""
         most = self.tus.max_chunks_per_patch
-        least = max(1, self.tus.chunks_per_patch, min(self.tus.patch_bytes // chunk_size, most))
+        if not from_file:
+            most = min(most, max(1, self.tus.max_buffered_patch_bytes // chunk_size))
+        least = min(self.tus.patch_bytes // chunk_size, self.tus.patch_bytes_chunks)
+        least = min(max(1, self.tus.chunks_per_patch, least), most)
         if self._rtt is None or self._rate is None:
             return least
         wanted = math.ceil(PATCH_RTTS * self._rtt * self._rate / chunk_size)
@@ -715,57 +734,71 @@ class TusUploader:
         next request's chunks are read and prepared while the current one is on its way."""
         assert part.url is not None
         ledger = state.ledger
-        unmeasured_patch = self._chunks_per_patch(ledger.chunk_size) * ledger.chunk_size
-        if self._rtt is None and part.length - part.offset > 2 * unmeasured_patch:
+        from_file = self._http_client.sends_from_file(part.url)
+
+        def per_patch() -> int:
+            return self._chunks_per_patch(ledger.chunk_size, from_file)
+
+        if self._rtt is None and part.length - part.offset > 2 * per_patch() * ledger.chunk_size:
             await self._head(part)  # the round trip, on a warm connection: PATCH sizes
         if self._verifies(state) and state.hasher is None and state.whole is None:
             if part.offset == 0:
                 state.hasher = xxhash.xxh3_128()
             else:  # bytes sent by an earlier run are not read again here: hash the file
                 state.whole = asyncio.create_task(file_checksum(state.job.path))
-        # Two buffers, used in turn: one request's chunks are sent from one while the next
-        # request's are read into the other. Reused (grown only with the PATCH size), so
-        # memory stays flat in the file's size.
+        # Two buffers, used in turn: one request's chunks are read into one while the other
+        # request is on its way. A body sent from the file needs one chunk's buffer (each
+        # chunk is hashed, then the next read over it); one sent from memory, the whole body.
+        # Reused (grown only with the PATCH size), so memory stays flat in the file's size.
         slots = [bytearray(), bytearray()]
         turn = 0
-        ahead: tuple[range, asyncio.Task[list[memoryview]]] | None = None
+        ahead: tuple[int, range, asyncio.Task[_Body]] | None = None
         async with ChunkSource(state.job.path) as source:
 
-            async def load(indexes: range) -> list[memoryview]:
+            async def load(indexes: range, start: int) -> _Body:
+                """Read, hash and PREPARE ``indexes``: the body from byte ``start`` on."""
                 nonlocal turn
-                need = sum(ledger.spec(i).length for i in indexes)
+                specs = [ledger.spec(i) for i in indexes]
+                need = ledger.chunk_size if from_file else sum(spec.length for spec in specs)
                 if len(slots[turn]) < need:
                     slots[turn] = bytearray(need)
                 slot, turn = memoryview(slots[turn]), 1 - turn
+                algorithm = self.capabilities.checksum_algorithm()
+                hasher = tus.new_hasher(algorithm) if algorithm else None
                 views = []
-                for index in indexes:
-                    length = ledger.spec(index).length
-                    view = await self._load(state, source, index, into=slot[:length])
-                    views.append(memoryview(view))
-                    slot = slot[length:]
-                return views
+                for spec in specs:
+                    into = slot[: spec.length]
+                    chunk = memoryview(await self._load(state, source, spec.index, into=into))
+                    piece = chunk[max(0, start - spec.offset) :]
+                    if hasher is not None:
+                        await asyncio.to_thread(hasher.update, piece)
+                    if not from_file:
+                        views.append(piece)
+                        slot = slot[spec.length :]
+                end = specs[-1].offset + specs[-1].length
+                checksum = tus.format_checksum(algorithm, hasher.digest()) if hasher else None
+                return _Body(start, end - start, checksum, views)
 
             try:
                 while part.offset < part.length and not self._stopping.is_set():
-                    per_patch = self._chunks_per_patch(ledger.chunk_size)
-                    first = (part.start + part.offset) // ledger.chunk_size
-                    if ahead is not None and ahead[0].start == first:
-                        group = ahead[0]
-                        buffers = await ahead[1]
+                    position = part.start + part.offset
+                    first = position // ledger.chunk_size
+                    if ahead is not None and ahead[0] == position:
+                        group, body = ahead[1], await ahead[2]
                     else:
                         if ahead is not None:  # not the chunks we need: let them finish first
-                            await ahead[1]
-                        group = range(first, min(first + per_patch, part.end_chunk))
-                        buffers = await load(group)
+                            await ahead[2]
+                        group = range(first, min(first + per_patch(), part.end_chunk))
+                        body = await load(group, position)
                     ahead = None
-                    per_patch = self._chunks_per_patch(ledger.chunk_size)
-                    following = range(group.stop, min(group.stop + per_patch, part.end_chunk))
+                    following = range(group.stop, min(group.stop + per_patch(), part.end_chunk))
                     if following:
-                        ahead = (following, asyncio.create_task(load(following)))
-                    await self._patch(state, part, [ledger.spec(i) for i in group], buffers, source)
+                        start = ledger.spec(following.start).offset
+                        ahead = (start, following, asyncio.create_task(load(following, start)))
+                    await self._patch(state, part, [ledger.spec(i) for i in group], body, source)
             finally:
                 if ahead is not None:
-                    await self._unprepare(state, ahead[0], ahead[1])
+                    await self._unprepare(state, ahead[1], ahead[2])
 
     async def _unprepare(
         self, state: _FileState, indexes: range, task: asyncio.Task[list[memoryview]]
@@ -786,33 +819,27 @@ class TusUploader:
         state: _FileState,
         part: _Part,
         specs: list[ChunkSpec],
-        buffers: list[memoryview],
+        body: _Body,
         source: ChunkSource,
     ) -> None:
-        """One PATCH of the rest of some chunks; on success the part's offset moves on and
-        every chunk the new offset covers is committed. The body is streamed from the chunk
-        buffers (no copy of it is made here)."""
+        """One PATCH of ``body`` (the rest of some chunks); on success the part's offset moves
+        on and every chunk the new offset covers is committed. The body goes from the file
+        where it can (sendfile), else from the buffers it was read into (no copy made here)."""
         assert part.url is not None
         state.fingerprint.check_against(state.job.path, restart_hint=RESTART_HINT)
-        algorithm = self.capabilities.checksum_algorithm()
-        position = part.start + part.offset
-        views = list(buffers)
-        views[0] = views[0][position - specs[0].offset :]
-        length = sum(len(v) for v in views)
-        checksum = tus.checksum_header_of(algorithm, views) if algorithm else None
+        position, length = part.start + part.offset, body.length
+        assert body.start == position, (body.start, position)
         whole = None
         if self._verifies(state) and position + length == state.record.size:
             whole = await self._whole_checksum(state)  # the server checks it, then publishes
         headers = {
-            **tus.patch_headers(part.offset, checksum, whole),
+            **tus.patch_headers(part.offset, body.checksum, whole),
             "Content-Length": str(length),
         }
         started = time.monotonic()
-        # The body goes from the file (sendfile where it can); the buffers read to hash it are
-        # the same bytes, for h11's count or for httpx.
         http = self._http_client
-        body = FileBody(source.file(), position, views)
-        response = await http.send_file("PATCH", part.url, headers, body)
+        file_body = FileBody(source.file(), position, body.views, length)
+        response = await http.send_file("PATCH", part.url, headers, file_body)
         if http.body_sent > started:
             self._rate = length / max(http.body_sent - started, 1e-6)
         # A file changed while it was being sent may have sent bytes other than those hashed.

@@ -163,7 +163,7 @@ def test_two_runs_to_a_tus_url_exclude_each_other(serve: ServeProcess, tmp_path:
     source = make_file(tmp_path / "data.bin", 8 * 2**20)
     db = tmp_path / "c.db"
     url = http_twin(serve.url)
-    first = start_upload(str(source), url, "--db", str(db), *SLOW)
+    first = start_upload(str(source), url, "--db", str(db), "--chunk-size", "4k")  # 64 KiB PATCHes
     try:
         wait_until(lambda: committed_chunks(db) > 3, 60, "the first run to send chunks")
         second = run_resume("upload", str(source), url, "--db", str(db), "--json")

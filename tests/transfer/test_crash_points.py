@@ -34,10 +34,11 @@ SIZE = 3 * 2**20 + 1234
 CHUNK = "64KiB"
 UPLOAD_STEPS = [step for step in STEPS if not step.startswith("cancel.")]
 # Mid-file for the per-chunk steps, so the crash leaves some chunks held and some not. Over
-# HTTP a step is passed once per server write or group commit, and a 3 MiB file may go in as
-# few as 4 PATCHes (the client grows them): the 2nd is still mid-file.
+# HTTP a step is passed once per server write (4 MiB buffers) or group commit, and PATCHes
+# carry up to 4 MiB of these chunks: a 12 MiB file makes the 2nd time mid-file.
 WHEN = {"chunk.written": 9, "chunk.synced": 3, "chunk.recorded": 3}
 WHEN_HTTP = {"chunk.written": 2, "chunk.synced": 2, "chunk.recorded": 2}
+SIZE_HTTP = 12 * 2**20 + 1234
 
 
 def server_state(root: Path) -> list[tuple[str, str]]:
@@ -50,7 +51,8 @@ def server_state(root: Path) -> list[tuple[str, str]]:
 def test_a_server_killed_at_each_step_recovers(tmp_path: Path, step: str, transport: str) -> None:
     """Crash at the step, kill the client, restart: the same command finishes the upload, over
     WebSocket (/upload) and over HTTP (tus, /files) alike."""
-    source = make_file(tmp_path / "data.bin", SIZE, seed=len(step))
+    size = SIZE if transport == "ws" else SIZE_HTTP
+    source = make_file(tmp_path / "data.bin", size, seed=len(step))
     when = (WHEN if transport == "ws" else WHEN_HTTP).get(step, 1)
     server = ServeProcess(tmp_path / "root", env={"RESUME_CRASH_AT": f"{step}:{when}"})
     server.start()
