@@ -776,7 +776,7 @@ class TusUploader:
                         views.append(piece)
                         slot = slot[spec.length :]
                 end = specs[-1].offset + specs[-1].length
-                checksum = tus.format_checksum(algorithm, hasher.digest()) if hasher else None
+                checksum = tus.format_checksum(algorithm, hasher.digest()) if algorithm else None
                 return _Body(start, end - start, checksum, views)
 
             try:
@@ -801,7 +801,7 @@ class TusUploader:
                     await self._unprepare(state, ahead[1], ahead[2])
 
     async def _unprepare(
-        self, state: _FileState, indexes: range, task: asyncio.Task[list[memoryview]]
+        self, state: _FileState, indexes: range, task: asyncio.Task[_Body]
     ) -> None:
         """Chunks read ahead were not sent: back to PENDING (or cancel their read)."""
         if not task.done():
