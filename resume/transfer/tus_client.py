@@ -150,8 +150,16 @@ class _Body:
 
     start: int
     length: int
-    checksum: str | None  # Upload-Checksum, when the server offers checksums
+    algorithm: str | None  # of Upload-Checksum, when the server offers checksums
+    hasher: Any  # fed with the body (None without an algorithm)
     views: list[memoryview]  # the bytes in memory; empty when they go from the file
+
+    @property
+    def checksum(self) -> str | None:
+        """``Upload-Checksum`` of the body."""
+        if self.algorithm is None:
+            return None
+        return tus.format_checksum(self.algorithm, self.hasher.digest())
 
 
 @dataclass(eq=False)
@@ -755,8 +763,9 @@ class TusUploader:
         ahead: tuple[int, range, asyncio.Task[_Body]] | None = None
         async with ChunkSource(state.job.path) as source:
 
-            async def load(indexes: range, start: int) -> _Body:
-                """Read, hash and PREPARE ``indexes``: the body from byte ``start`` on."""
+            async def load(indexes: range, start: int, more: _Body | None = None) -> _Body:
+                """Read, hash and PREPARE ``indexes``: the body from byte ``start`` on (or,
+                from the file only, the rest of body ``more``)."""
                 nonlocal turn
                 specs = [ledger.spec(i) for i in indexes]
                 need = ledger.chunk_size if from_file else sum(spec.length for spec in specs)
@@ -765,6 +774,8 @@ class TusUploader:
                 slot, turn = memoryview(slots[turn]), 1 - turn
                 algorithm = self.capabilities.checksum_algorithm()
                 hasher = tus.new_hasher(algorithm) if algorithm else None
+                if more is not None:
+                    algorithm, hasher, start = more.algorithm, more.hasher, more.start
                 views = []
                 for spec in specs:
                     into = slot[: spec.length]
@@ -776,8 +787,7 @@ class TusUploader:
                         views.append(piece)
                         slot = slot[spec.length :]
                 end = specs[-1].offset + specs[-1].length
-                checksum = tus.format_checksum(algorithm, hasher.digest()) if algorithm else None
-                return _Body(start, end - start, checksum, views)
+                return _Body(start, end - start, algorithm, hasher, views)
 
             try:
                 while part.offset < part.length and not self._stopping.is_set():
@@ -785,6 +795,11 @@ class TusUploader:
                     first = position // ledger.chunk_size
                     if ahead is not None and ahead[0] == position:
                         group, body = ahead[1], await ahead[2]
+                        wanted = per_patch()  # grown since it was read: the last rate is in
+                        if from_file and len(group) < wanted and group.stop < part.end_chunk:
+                            rest = range(group.stop, min(group.start + wanted, part.end_chunk))
+                            body = await load(rest, body.start, more=body)
+                            group = range(group.start, rest.stop)
                     else:
                         if ahead is not None:  # not the chunks we need: let them finish first
                             await ahead[2]
