@@ -7,10 +7,8 @@ types (and a run that only speaks plain HTTP never imports httpx: ~90 ms of its 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 
 class Headers(Mapping[str, str]):
@@ -56,11 +54,3 @@ class Response:
     def text(self) -> str:
         """The body as text (UTF-8, undecodable bytes replaced)."""
         return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-def headers_of(items: Mapping[str, str] | Iterable[tuple[str, str]]) -> Headers:
-    """:class:`Headers` from a mapping or from (name, value) pairs."""
-    return Headers(items.items() if isinstance(items, Mapping) else items)

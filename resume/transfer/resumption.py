@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from resume.errors import SourceChanged
 from resume.store.states import TransferState
-from resume.store.transfers import TransferRecord, TransferRepository
+from resume.store.transfers import LockOwner, TransferRecord, TransferRepository, lock_key
 from resume.transfer.plan import FileJob
 from resume.transfer.source import Fingerprint
 
@@ -68,3 +68,16 @@ def find_transfer(
             f"({fingerprint_of(record).differences(fingerprint)}); {RESTART_HINT}"
         )
     return Found(record, dropped=dropped)
+
+
+def lock_file(
+    repo: TransferRepository, job: FileJob, server: str, owner: LockOwner
+) -> tuple[str, str | None]:
+    """Take the lock on sending ``job`` to ``server``: ``(key, None)``, or ``(key, why not)``
+    while another live run holds it (one rule for WebSocket and tus uploads)."""
+    key = lock_key(str(job.path), server, job.name)
+    holder = repo.lock(key, owner)
+    if holder is None:
+        return key, None
+    where = "" if holder.host == owner.host else f" on {holder.host}"
+    return key, f"another upload of {job.path} is running (pid {holder.pid}{where})"

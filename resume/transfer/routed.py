@@ -91,7 +91,6 @@ class RoutedUploader:
         self.options = options or UploadOptions()
         self.progress = progress
         self.http_from = http_from
-        self.ways: dict[int, str] = {}  # job index -> "ws" or "http", once run() decided
         self._stopping = False
         self._current: Uploader | TusUploader | None = None
 
@@ -111,14 +110,14 @@ class RoutedUploader:
             way is None and job.size >= self.http_from
             for way, job in zip(earlier, jobs, strict=True)
         ]
-        http_ok = any(large) and await verifies_over_http(self.http_url, self.options.connect)
-        self.ways = {
-            i: way or ("http" if big and http_ok else "ws")
-            for i, (way, big) in enumerate(zip(earlier, large, strict=True))
-        }
+        offered = await verified_http(self.http_url, self.options.connect) if any(large) else None
+        ways = [
+            way or ("http" if big and offered else "ws")
+            for way, big in zip(earlier, large, strict=True)
+        ]
         results: dict[int, FileResult] = {}
         for way in ("ws", "http"):
-            indexes = [i for i, chosen in self.ways.items() if chosen == way]
+            indexes = [i for i, chosen in enumerate(ways) if chosen == way]
             if not indexes:
                 continue
             if self._stopping:
@@ -132,6 +131,7 @@ class RoutedUploader:
                     self.options,
                     progress=self.progress,
                     served_as=self.url,
+                    capabilities=offered,  # asked once: not again
                 )
             )
             self._current = uploader
@@ -168,14 +168,14 @@ class RoutedUploader:
             return False  # unreadable now: whichever way fails it the same
 
 
-async def verifies_over_http(http_url: str, connect: ConnectOptions) -> bool:
-    """Whether the server takes tus uploads at ``http_url`` over plain HTTP and checks whole
-    files there (``Want-Repr-Digest: xxh3-128``); False for TLS, a proxy in the way, no
-    answer, or a server that does not (then the files go over WebSocket)."""
+async def verified_http(http_url: str, connect: ConnectOptions) -> tus.Capabilities | None:
+    """What the server offers at ``http_url`` if it takes tus uploads there over plain HTTP
+    and checks whole files (``Want-Repr-Digest: xxh3-128``); None for TLS, a proxy in the way,
+    no answer, or a server that does not (then the files go over WebSocket)."""
     from resume.net.http import HttpClient
 
     if not http_url.startswith("http://") or connect.use_env_proxy:
-        return False
+        return None
     try:
         async with HttpClient(
             headers=tus.base_headers(connect.token),
@@ -187,16 +187,16 @@ async def verifies_over_http(http_url: str, connect: ConnectOptions) -> bool:
         capabilities = tus.Capabilities.from_headers(response.headers)
     except (ResumeError, tus.TusProtocolError) as exc:
         log.info("%s: no uploads over HTTP (%s); using WebSocket", http_url, exc)
-        return False
-    usable = (
+        return None
+    if (
         response.is_success
         and capabilities.speaks_1_0
         and capabilities.offers("creation")
         and capabilities.file_digest
-    )
-    if not usable:
-        log.info("%s: no verified uploads over HTTP; using WebSocket", http_url)
-    return usable
+    ):
+        return capabilities
+    log.info("%s: no verified uploads over HTTP; using WebSocket", http_url)
+    return None
 
 
 def make_uploader(

@@ -54,10 +54,10 @@ from resume.protocol.ledger import ChunkRecord, ChunkSpec, ChunkState, Ledger
 from resume.protocol.upload import new_file_id
 from resume.store import Store
 from resume.store.states import TransferState
-from resume.store.transfers import LockOwner, TransferRecord, lock_key
+from resume.store.transfers import LockOwner, TransferRecord
 from resume.store.tus import PartRecord, TusPartRepository
 from resume.transfer.plan import FileJob, server_identity, upload_url
-from resume.transfer.resumption import RESTART_HINT, find_transfer
+from resume.transfer.resumption import RESTART_HINT, find_transfer, lock_file
 from resume.transfer.source import (
     FILE_ALGO,
     ChunkSource,
@@ -194,6 +194,7 @@ class TusUploader:
         *,
         progress: UploadProgress | None = None,
         served_as: str | None = None,
+        capabilities: tus.Capabilities | None = None,
     ) -> None:
         self.store = store
         self.repo = store.transfers
@@ -209,7 +210,9 @@ class TusUploader:
         self.options = options or UploadOptions()
         self.tus = tus_options or TusOptions()
         self.progress = progress or _QuietProgress()
-        self.capabilities = tus.Capabilities()
+        # What OPTIONS said, when the caller already asked (it is then not asked again).
+        self._known = capabilities
+        self.capabilities = capabilities or tus.Capabilities()
         self._stopping = asyncio.Event()
         self._files: list[_FileState] = []
         self._terminate: list[str] = []  # uploads of transfers dropped by --restart
@@ -265,7 +268,7 @@ class TusUploader:
                 verify=self.options.connect.ssl or True,
                 use_env_proxy=self.options.connect.use_env_proxy,
             ) as self._http:
-                self.capabilities = await self._retry.run(self._discover)
+                self.capabilities = self._known or await self._retry.run(self._discover)
                 await self._terminate_dropped()
                 for state in todo:
                     await self._retry.run(lambda state=state: self._send_file(state))
@@ -280,12 +283,9 @@ class TusUploader:
     def _prepare(self, job: FileJob) -> FileResult:
         """Lock and plan one job; a job that cannot be sent gets a failed result now (the
         others go on), as on the WebSocket path."""
-        key = lock_key(str(job.path), self._lock_server, job.name)
-        holder = self.repo.lock(key, self._owner)
-        if holder is not None:
-            where = "" if holder.host == self._owner.host else f" on {holder.host}"
-            reason = f"another upload of {job.path} is running (pid {holder.pid}{where})"
-            return self._failed(job, reason)
+        key, locked = lock_file(self.repo, job, self._lock_server, self._owner)
+        if locked is not None:
+            return self._failed(job, locked)
         self._locks.append(key)
         try:
             state = self._plan(job)
@@ -772,9 +772,10 @@ class TusUploader:
                 if len(slots[turn]) < need:
                     slots[turn] = bytearray(need)
                 slot, turn = memoryview(slots[turn]), 1 - turn
-                algorithm = self.capabilities.checksum_algorithm()
-                hasher = tus.new_hasher(algorithm) if algorithm else None
-                if more is not None:
+                if more is None:
+                    algorithm = self.capabilities.checksum_algorithm()
+                    hasher = tus.new_hasher(algorithm) if algorithm else None
+                else:
                     algorithm, hasher, start = more.algorithm, more.hasher, more.start
                 views = []
                 for spec in specs:

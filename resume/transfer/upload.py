@@ -69,10 +69,10 @@ from resume.protocol.upload import (
 )
 from resume.store import Store
 from resume.store.states import TransferState
-from resume.store.transfers import LockOwner, TransferRecord, lock_key
+from resume.store.transfers import LockOwner, TransferRecord
 from resume.transfer.defaults import DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW
 from resume.transfer.plan import FileJob, server_identity, upload_url
-from resume.transfer.resumption import RESTART_HINT, find_transfer
+from resume.transfer.resumption import RESTART_HINT, find_transfer, lock_file
 from resume.transfer.source import (
     FILE_ALGO,
     ChunkSource,
@@ -299,13 +299,9 @@ class Uploader:
 
     def _prepare(self, job: FileJob) -> FileResult:
         """Lock and plan one job; a job that cannot be sent gets a failed result now."""
-        key = lock_key(str(job.path), self.server or self.base_url, job.name)
-        holder = self.repo.lock(key, self._owner)
-        if holder is not None:
-            where = "" if holder.host == self._owner.host else f" on {holder.host}"
-            return self._failed(
-                job, f"another upload of {job.path} is running (pid {holder.pid}{where})"
-            )
+        key, locked = lock_file(self.repo, job, self.server or self.base_url, self._owner)
+        if locked is not None:
+            return self._failed(job, locked)
         self._locks.append(key)
         try:
             state = self._plan(job, key)

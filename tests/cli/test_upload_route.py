@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from resume.net.connector import ConnectOptions
-from resume.transfer.routed import HTTP_FROM, http_twin, verifies_over_http
+from resume.transfer.routed import HTTP_FROM, http_twin, verified_http
 from tests.processes import ServeProcess, run_resume, start_upload, stop, wait_until
 from tests.transfer.conftest import make_file
 
@@ -205,10 +205,10 @@ def test_the_probe_says_yes_only_to_a_server_that_verifies_over_plain_http(
 
         async def probe() -> list[bool]:
             return [
-                await verifies_over_http(twin, plain),
-                await verifies_over_http(twin, ConnectOptions(use_env_proxy=True)),
-                await verifies_over_http(twin.replace("/files/", "/nothing/"), plain),
-                await verifies_over_http(nobody, plain),
+                await verified_http(twin, plain) is not None,
+                await verified_http(twin, ConnectOptions(use_env_proxy=True)) is not None,
+                await verified_http(twin.replace("/files/", "/nothing/"), plain) is not None,
+                await verified_http(nobody, plain) is not None,
             ]
 
         assert asyncio.run(probe()) == [True, False, False, False]
