@@ -283,16 +283,23 @@ class Reconnector:
         self.stats = ConnectorStats()
         self._attempt = 0
         self._failing_since: float | None = None
+        self._last_error: ResumeError | None = None
 
     async def run(self, session: Callable[[ClientConnection], Awaitable[T]]) -> T:
         """Run ``session`` over a connection, reconnecting on retryable errors."""
         while True:
             began = self.clock()
             url = await _resolve(self.url)
+            options = self._attempt_options(began)
             try:
                 extra = await _resolve(self.headers) if self.headers else None
-                connection = await open_connection(url, self._attempt_options(began), extra)
+                connection = await open_connection(url, options, extra)
             except ResumeError as error:
+                cut_short = options.open_timeout < self.options.open_timeout
+                if isinstance(error, ConnectTimeout) and cut_short and self._last_error:
+                    # Our own give_up_after deadline ended this attempt, not the server: say
+                    # what the attempts before it found (e.g. "refused").
+                    error = self._last_error
                 await self._after_failure(url, error, began=began)
                 continue
             self._up_since = None if self.app_handshake else self.clock()
@@ -312,6 +319,7 @@ class Reconnector:
                 if up_since is not None and self.clock() - up_since >= self.backoff.min_uptime:
                     self._attempt = 0  # it was a real connection: start the delays over
                     self._failing_since = None
+                    self._last_error = None
                 await _abort(connection)
                 await self._after_failure(url, lost, cause=exc)
                 continue
@@ -321,6 +329,7 @@ class Reconnector:
             await connection.close()
             self._attempt = 0
             self._failing_since = None
+            self._last_error = None
             return result
 
     def established(self) -> None:
@@ -351,6 +360,7 @@ class Reconnector:
         the time spent in open attempts is included.
         """
         self.stats.failures += 1
+        self._last_error = error
         now = self.clock()
         if self._failing_since is None:
             self._failing_since = now if began is None else began
